@@ -1,0 +1,52 @@
+"""gradguard — see, diagnose and fix vanishing and exploding gradients in PyTorch.
+
+>>> import gradguard as gg
+>>> mon = gg.watch(model, optimizer, store="runs/exp.db")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first use so `import gradguard` stays cheap.
+_LAZY = {
+    "watch": "gradguard.monitor",
+    "Monitor": "gradguard.monitor",
+    "WatchConfig": "gradguard.config",
+    "load": "gradguard.store",
+    "Run": "gradguard.store",
+    "Store": "gradguard.store",
+    "diagnose": "gradguard.diagnosis",
+    "Finding": "gradguard.diagnosis.finding",
+    "Severity": "gradguard.diagnosis.finding",
+    "Remedy": "gradguard.diagnosis.finding",
+    "check": "gradguard.preflight",
+    "CheckReport": "gradguard.preflight",
+    "init_": "gradguard.remedies.init",
+    "Guard": "gradguard.remedies.guard",
+    "locate_nonfinite": "gradguard.remedies.locate",
+    "GradguardError": "gradguard.errors",
+    "every": "gradguard.schedules",
+    "log_spaced": "gradguard.schedules",
+}
+_SUBMODULES = {"clip": "gradguard.remedies.clip", "theory": "gradguard.theory"}
+
+__all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(_SUBMODULES[name])
+    else:
+        raise AttributeError(f"module 'gradguard' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,3 @@
+"""CLI subcommands: one module each, exposing ``register(subparsers)``."""
+
+__all__: list[str] = []

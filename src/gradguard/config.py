@@ -1,0 +1,82 @@
+"""Configuration of the Monitor: one frozen dataclass with working defaults, and named presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gradguard.errors import ConfigError
+from gradguard.schedules import Schedule, as_schedule, every, never
+
+__all__ = ["WatchConfig", "PRESETS", "resolve_config"]
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """What the Monitor records, and when.
+
+    Attributes:
+        record_every: steps at which per-layer gradient statistics (grad_norm, grad_rms, grad_max,
+            weight_norm, nonfinite) are taken. Cheap: a few batched kernels over all gradients.
+        detail_every: steps at which the expensive probes run: update_ratio (a copy of the weights
+            before the optimizer step) and activation statistics (forward + tensor hooks).
+        activations: record activation statistics and the backpropagated signal (act_grad_norm).
+        update_ratio: record ||w_after - w_before|| / ||w_before|| around the optimizer step.
+        flush_every: host reads of the device buffer happen every this many recorded steps.
+        diagnose_online: evaluate the cheap diagnosis rules at each flush and warn once per finding.
+        strict: raise errors of the monitor itself instead of reporting and disabling the part.
+    """
+
+    record_every: Schedule = field(default_factory=lambda: every(1))
+    detail_every: Schedule = field(default_factory=lambda: every(10))
+    activations: bool = True
+    update_ratio: bool = True
+    flush_every: int = 100
+    diagnose_online: bool = True
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "record_every", as_schedule(self.record_every))
+        object.__setattr__(self, "detail_every", as_schedule(self.detail_every))
+        if not isinstance(self.flush_every, int) or self.flush_every < 1:
+            raise ConfigError(f"flush_every must be a whole number >= 1, got {self.flush_every!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "record_every": repr(self.record_every),
+            "detail_every": repr(self.detail_every),
+            "activations": self.activations,
+            "update_ratio": self.update_ratio,
+            "flush_every": self.flush_every,
+            "diagnose_online": self.diagnose_online,
+            "strict": self.strict,
+        }
+
+
+PRESETS: dict[str, WatchConfig] = {
+    # gradient statistics only: the cheapest useful setting
+    "light": WatchConfig(detail_every=never(), activations=False, update_ratio=False),
+    "default": WatchConfig(),
+    # everything at every step: for short runs, the lab and debugging
+    "full": WatchConfig(detail_every=every(1)),
+}
+
+
+def resolve_config(config: WatchConfig | str | None, **overrides: Any) -> WatchConfig:
+    """Turn a preset name or config plus keyword overrides into a WatchConfig."""
+    if config is None:
+        base = PRESETS["default"]
+    elif isinstance(config, str):
+        if config not in PRESETS:
+            raise ConfigError(f"unknown preset {config!r}; use one of {sorted(PRESETS)}")
+        base = PRESETS[config]
+    elif isinstance(config, WatchConfig):
+        base = config
+    else:
+        raise ConfigError(f"config must be a WatchConfig or a preset name, got {type(config).__name__}")
+    unknown = set(overrides) - set(WatchConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(
+            f"unknown watch option(s) {sorted(unknown)}; valid: {sorted(WatchConfig.__dataclass_fields__)}"
+        )
+    return replace(base, **overrides) if overrides else base

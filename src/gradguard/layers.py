@@ -1,0 +1,157 @@
+"""Which modules are "layers", and their depth order.
+
+A layer is a module that owns parameters directly (Linear, Conv*, norms, Embedding, RNN/LSTM/GRU,
+or any custom module with ``nn.Parameter`` attributes). Layers are named by qualified module name
+and ordered by forward execution order once a forward pass has been observed (registration order
+until then). A parameter shared by several modules (tied weights) belongs to the first layer that
+registers it and is counted once. Frozen parameters are listed but get no gradient statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gradguard.errors import GradguardError
+
+__all__ = ["LayerInfo", "discover_layers", "ACTIVATION_BOUNDS", "activation_bounds"]
+
+ROOT_NAME = "(root)"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer of a watched model.
+
+    Args:
+        index: position in registration order (the order of ``model.named_modules()``).
+        name: qualified module name; the root module is called ``"(root)"``.
+        kind: the module's class name, e.g. ``"Linear"``.
+        module: the module itself.
+        params: ``(local_name, parameter)`` pairs it owns (tied parameters only at their first owner).
+        numel: total elements of those parameters.
+        trainable: whether at least one of them requires grad.
+    """
+
+    index: int
+    name: str
+    kind: str
+    module: nn.Module = field(repr=False, compare=False)
+    params: tuple[tuple[str, nn.Parameter], ...] = field(repr=False, compare=False)
+    numel: int = 0
+    trainable: bool = True
+
+    @property
+    def trainable_params(self) -> tuple[nn.Parameter, ...]:
+        return tuple(p for _, p in self.params if p.requires_grad)
+
+
+def discover_layers(model: nn.Module) -> list[LayerInfo]:
+    """Find the layers of ``model`` in registration order.
+
+    Args:
+        model: any ``nn.Module``.
+
+    Returns:
+        One :class:`LayerInfo` per module that owns at least one parameter directly.
+
+    Raises:
+        GradguardError: if ``model`` is not an ``nn.Module`` or has no parameters.
+
+    >>> [l.name for l in discover_layers(nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 1)))]
+    ['0', '2']
+    """
+    if not isinstance(model, nn.Module):
+        raise GradguardError(
+            f"expected a torch.nn.Module, got {type(model).__name__}; pass the model itself "
+            "(e.g. gg.watch(model, optimizer)), not its parameters or outputs"
+        )
+    seen: set[int] = set()
+    layers: list[LayerInfo] = []
+    for qualname, module in model.named_modules():
+        own: list[tuple[str, nn.Parameter]] = []
+        for local, p in module.named_parameters(recurse=False):
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            own.append((local, p))
+        if not own:
+            continue
+        layers.append(
+            LayerInfo(
+                index=len(layers),
+                name=qualname or ROOT_NAME,
+                kind=type(module).__name__,
+                module=module,
+                params=tuple(own),
+                numel=sum(p.numel() for _, p in own),
+                trainable=any(p.requires_grad for _, p in own),
+            )
+        )
+    if not layers:
+        raise GradguardError(
+            f"model {type(model).__name__} has no parameters, so there are no gradients to watch; "
+            "build the layers first (lazy modules: run one forward pass before watching)"
+        )
+    return layers
+
+
+# Activations whose outputs are bounded, and their bounds: a unit is "saturated" when its output lies
+# within 1% of a bound (relative to the bound's magnitude, or of the range when the bound is 0).
+ACTIVATION_BOUNDS: dict[str, tuple[float, float]] = {
+    "Tanh": (-1.0, 1.0),
+    "Sigmoid": (0.0, 1.0),
+    "Hardsigmoid": (0.0, 1.0),
+    "Softsign": (-1.0, 1.0),
+    "Hardtanh": (-1.0, 1.0),
+    "ReLU6": (0.0, 6.0),
+    "LogSigmoid": (float("-inf"), 0.0),
+}
+
+# Elementwise activation modules that may follow a layer; their output is where activation
+# statistics (zero and saturated fractions) mean something.
+ACTIVATION_KINDS = frozenset(
+    {
+        *ACTIVATION_BOUNDS,
+        "ReLU",
+        "LeakyReLU",
+        "PReLU",
+        "RReLU",
+        "ELU",
+        "CELU",
+        "SELU",
+        "GELU",
+        "SiLU",
+        "Mish",
+        "Softplus",
+        "Hardswish",
+        "Tanhshrink",
+        "Softshrink",
+        "Hardshrink",
+        "Threshold",
+    }
+)
+
+
+def activation_bounds(module: nn.Module) -> tuple[float, float] | None:
+    """The (low, high) bounds of a bounded activation module, else None."""
+    kind = type(module).__name__
+    if kind == "Hardtanh" or isinstance(module, nn.Hardtanh):
+        return (float(module.min_val), float(module.max_val))  # type: ignore[attr-defined]
+    bounds = ACTIVATION_BOUNDS.get(kind)
+    if bounds is None or not all(abs(b) < float("inf") for b in bounds):
+        return None
+    return bounds
+
+
+def saturation_tolerance(bounds: tuple[float, float]) -> tuple[float, float]:
+    """Thresholds (low + tol, high - tol) for 'within 1% of the bounds'."""
+    lo, hi = bounds
+    tol = 0.01 * max(abs(lo), abs(hi), 1e-12)
+    return lo + tol, hi - tol
+
+
+def is_floating(t: object) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_floating_point()

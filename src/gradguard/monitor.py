@@ -1,0 +1,822 @@
+"""The Monitor: watches a training loop and records per-layer gradient statistics.
+
+How it stays cheap (see docs/design.md):
+- Steps are counted by optimizer step hooks, so gradient accumulation gives one record per
+  optimizer step. Gradient statistics are read in the step pre-hook, when every gradient is final
+  (after DDP's all-reduce, after GradScaler's unscale).
+- All per-layer numbers of a step come from a few batched kernels over all gradients at once
+  (``torch._foreach_norm``), are reduced per layer with ``index_add_``/``scatter_reduce_`` and are
+  written into a preallocated device buffer ``[flush_every, metrics, layers]``. The host reads that
+  buffer only at flush: no ``.item()`` per step or per parameter.
+- Activation statistics need forward and tensor hooks; those are installed only for the steps the
+  ``detail_every`` schedule selects and removed right after.
+
+>>> with gg.watch(model, optimizer, store="runs/exp.db") as mon:   # doctest: +SKIP
+...     for x, y in loader:
+...         loss = loss_fn(model(x), y)
+...         optimizer.zero_grad(); loss.backward(); optimizer.step()
+...         mon.log(loss=loss)
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import platform
+import sys
+import warnings
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradguard.config import WatchConfig, resolve_config
+from gradguard.errors import GradguardError
+from gradguard.layers import (
+    ACTIVATION_KINDS,
+    LayerInfo,
+    activation_bounds,
+    discover_layers,
+    saturation_tolerance,
+)
+from gradguard.store import Batch, Event, Layer, Run, Store, StoreWriter
+
+__all__ = ["Monitor", "watch", "METRICS", "Reducer"]
+
+log = logging.getLogger("gradguard")
+
+# Per-layer metrics, in the row order of the device buffer.
+METRICS = (
+    "grad_norm",
+    "grad_rms",
+    "grad_max",
+    "weight_norm",
+    "nonfinite",
+    "update_ratio",
+    "act_mean",
+    "act_std",
+    "act_zero_frac",
+    "act_sat_frac",
+    "act_grad_norm",
+)
+_GRAD_ROWS = slice(0, 5)  # grad_norm .. nonfinite: every recorded step
+_UPDATE_ROW = 5
+_ACT_ROWS = slice(6, 11)  # act_mean .. act_grad_norm: detail steps only
+_GRAD_METRICS = METRICS[_GRAD_ROWS]
+_ACT_METRICS = METRICS[_ACT_ROWS]
+
+# Columns of the activation accumulator (one row per layer, summed over forward calls and micro-batches).
+_A_COUNT, _A_SUM, _A_SUMSQ, _A_ZEROS, _A_SAT, _A_SATN, _A_GRADSQ = range(7)
+
+
+@dataclass
+class Reducer:
+    """Where per-layer numbers of a step are combined across processes (DDP/FSDP plug in here).
+
+    ``reduce(sums, maxes)`` gets ``sums`` (float64 ``[k, L]``: squared norms, non-finite counts,
+    activation sums) to be summed across ranks and ``maxes`` (float64 ``[m, L]``) to be maxed, and
+    returns both reduced. The default does nothing (one process).
+    """
+
+    def reduce(self, sums: torch.Tensor, maxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return sums, maxes
+
+    @property
+    def is_writer(self) -> bool:
+        """Only this process writes the store (rank 0 under torch.distributed)."""
+        return True
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (FSDP2), else the tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
+        return x[0]
+    return None
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    from gradguard import __version__
+
+    env: dict[str, Any] = {
+        "gradguard": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(device),
+        "pid": os.getpid(),
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        env["world_size"] = torch.distributed.get_world_size()
+        env["rank"] = torch.distributed.get_rank()
+    return env
+
+
+class Monitor:
+    """Records per-layer gradient, weight, update and activation statistics of a training run.
+
+    Create it with :func:`watch`. Use as a context manager or call :meth:`close`.
+
+    Attributes:
+        layers: the watched layers (:class:`~gradguard.layers.LayerInfo`), registration order.
+        step_count: optimizer steps counted so far.
+        run_name: the run's name in the store.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        store: str | os.PathLike[str] | Store | None = None,
+        name: str | None = None,
+        config: WatchConfig | str | None = None,
+        clip: Any = None,
+        guard: Any = None,
+        on_finding: Callable[[Any], None] | None = None,
+        reducer: Reducer | None = None,
+        run_config: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise GradguardError(
+                f"gg.watch expects a torch.nn.Module as its first argument, got {type(model).__name__}; "
+                "pass the model (e.g. gg.watch(model, optimizer))"
+            )
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise GradguardError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; pass the optimizer "
+                "object (e.g. torch.optim.SGD(model.parameters(), lr=0.1)), or None and call mon.step() yourself"
+            )
+        self.config = resolve_config(config, **options)
+        self.model = model
+        self.optimizer = optimizer
+        self.layers: list[LayerInfo] = discover_layers(model)
+        self.reducer = reducer or Reducer()
+        self.on_finding = on_finding
+        self.step_count = 0
+        self._closed = False
+        self._failed: set[str] = set()
+        self._handles: list[Any] = []  # removable hooks owned by this monitor
+        self._act_handles: list[Any] = []  # hooks for the current detail step only
+
+        L = len(self.layers)
+        first = next(p for lay in self.layers for _, p in lay.params)
+        self.device = _local(first).device
+        self._order: list[int] | None = None  # forward order (registration indices), once seen
+        self._activation_of: dict[int, nn.Module] = {}  # layer index -> activation module that follows it
+
+        # Parameters: every owned parameter, with its layer; the trainable ones get gradient statistics.
+        self._params: list[tuple[int, nn.Parameter]] = [(lay.index, p) for lay in self.layers for _, p in lay.params]
+        self._pidx = torch.tensor([i for i, _ in self._params], dtype=torch.long, device=self.device)
+        self._tparams: list[tuple[int, nn.Parameter]] = [(i, p) for i, p in self._params if p.requires_grad]
+        self._sig_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+        # Device buffers, allocated once: per-layer metrics and built-in scalars for flush_every steps.
+        K = self.config.flush_every
+        f64 = {"dtype": torch.float64, "device": self.device}
+        self._buf = torch.full((K, len(METRICS), L), math.nan, **f64)  # (slots, metrics, layers)
+        self._gtotal = torch.full((K,), math.nan, **f64)  # grad_norm_total per slot
+        # Activation accumulators of the current detail step, (layers, 7) each: statistics of the layer's
+        # own output, and of the activation module that consumes it (used when seen).
+        self._act = torch.zeros((L, 7), **f64)
+        self._actv = torch.zeros((L, 7), **f64)
+        self._outputs: dict[int, tuple[int, torch.Tensor]] = {}  # id(layer output) -> (layer, output)
+        self._act_modules = [m for m in model.modules() if type(m).__name__ in ACTIVATION_KINDS]
+        self._slot_steps: list[int] = []
+        self._slot_groups: list[set[str]] = []  # which metric groups each slot holds
+        self._slot_lr: list[float] = []
+        self._slot_of_step: dict[int, int] = {}
+        self._before: list[torch.Tensor] | None = None  # weights before the step (update_ratio)
+        self._before_step: int | None = None
+        self._act_step: int | None = None
+        self._just_stepped = False
+        self._scalars: dict[str, list[tuple[int, Any]]] = {}
+        self._events: list[Event] = []
+        self._findings_seen: set[tuple[str, tuple[str, ...]]] = set()
+        self._mem_metrics: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._mem_scalars: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._mem_events: list[Event] = []
+        self._layers_written = False
+
+        # Store: opened here so that a bad path fails now, not at the first flush.
+        self._store: Store | None = None
+        self._writer: StoreWriter | None = None
+        self.run_name = name or "run"
+        self.store_path: Path | None = None
+        if store is not None and self.reducer.is_writer:
+            self._store = store if isinstance(store, Store) else Store(store)
+            self.store_path = self._store.path
+            cfg = {"watch": self.config.to_dict(), **dict(run_config or {})}
+            if optimizer is not None:
+                cfg["optimizer"] = type(optimizer).__name__
+            cfg["model"] = type(model).__name__
+            run_id, self.run_name = self._store.create_run(name, cfg, _environment(self.device))
+            self._writer = StoreWriter(self._store, run_id)
+
+        self._install_hooks()
+        for helper in (clip, guard):
+            if helper is not None:
+                attach = getattr(helper, "attach", None)
+                if not callable(attach):
+                    raise GradguardError(
+                        f"{type(helper).__name__} cannot be attached to a Monitor (no attach method); "
+                        "pass a gg.clip clipper as clip= and a gg.Guard as guard="
+                    )
+                attach(self)
+        self.clip = clip
+        self.guard = guard
+        _LIVE.add(self)
+
+    # ------------------------------------------------------------------ hooks
+    def _install_hooks(self) -> None:
+        # One cheap hook on the root module: marks "a new forward began" (log() step attribution).
+        self._handles.append(self.model.register_forward_pre_hook(self._on_root_forward))
+        # Until the first forward pass: learn the forward order of layers and their activations.
+        self._trace_handles: list[Any] = []
+        self._trace_outputs: dict[int, int] = {}  # id(output tensor) -> layer index
+        self._trace_keep: list[torch.Tensor] = []
+        self._seen_order: list[int] = []
+        layer_of = {id(lay.module): lay.index for lay in self.layers}
+        for module in self.model.modules():
+            if id(module) in layer_of:
+                idx = layer_of[id(module)]
+                self._trace_handles.append(module.register_forward_pre_hook(self._trace_pre(idx)))
+                self._trace_handles.append(module.register_forward_hook(self._trace_post(idx)))
+            elif type(module).__name__ in ACTIVATION_KINDS:
+                self._trace_handles.append(module.register_forward_hook(self._trace_act(module)))
+        self._trace_handles.append(self.model.register_forward_hook(self._trace_done))
+        self._handles.extend(self._trace_handles)
+        if self.optimizer is not None:
+            self._handles.append(self.optimizer.register_step_pre_hook(self._on_pre_step))
+            self._handles.append(self.optimizer.register_step_post_hook(self._on_post_step))
+        self._prepare_step(0)
+
+    def _trace_pre(self, idx: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            if idx not in self._seen_order:
+                self._seen_order.append(idx)
+
+        return hook
+
+    def _trace_post(self, idx: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            out = _first_tensor(output)
+            if out is not None:
+                self._trace_outputs[id(out)] = idx
+                self._trace_keep.append(out)
+
+        return hook
+
+    def _trace_act(self, act: nn.Module) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            inp = _first_tensor(args)
+            if inp is not None and id(inp) in self._trace_outputs:
+                self._activation_of.setdefault(self._trace_outputs[id(inp)], act)
+
+        return hook
+
+    def _trace_done(self, module: nn.Module, args: Any, output: Any) -> None:
+        seen = list(self._seen_order)
+        self._order = seen + [lay.index for lay in self.layers if lay.index not in seen]
+        for h in self._trace_handles:
+            h.remove()
+        self._trace_handles.clear()
+        self._trace_outputs.clear()
+        self._trace_keep.clear()
+
+    def _on_root_forward(self, module: nn.Module, args: Any) -> None:
+        self._just_stepped = False
+        self._outputs.clear()
+
+    def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._guarded("gradient statistics", self._pre_step)
+
+    def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._guarded("update ratio", self._post_step)
+
+    # ------------------------------------------------------------------ step lifecycle
+    def step(self) -> None:
+        """Count one training step in a loop without an optimizer object (call it after the update).
+
+        Gradients must still be in ``.grad`` (zero them at the start of the next iteration);
+        update_ratio compares the weights with those seen at the previous ``step()``.
+        """
+        if self.optimizer is not None:
+            raise GradguardError(
+                "mon.step() is for loops without an optimizer; this Monitor counts steps through the "
+                "optimizer's hooks already (call optimizer.step() as usual)"
+            )
+        self._guarded("gradient statistics", self._pre_step)
+        self._guarded("update ratio", self._post_step)
+
+    def _pre_step(self) -> None:
+        s = self.step_count
+        if self._act_step == s:
+            self._remove_act_hooks()
+        slot = self._slot(s) if (self._records(s) or self._details(s)) else None
+        if slot is None:
+            return
+        if self._records(s):
+            self._grad_stats(slot)
+        if self._act_step == s:
+            self._fold_activations(slot)
+            self._act_step = None
+        if self.optimizer is not None:
+            self._slot_lr[slot] = float(self.optimizer.param_groups[0].get("lr", math.nan))
+            if self._before_step == s:  # snapshot now: the weights right before the real update
+                self._snapshot()
+
+    def _post_step(self) -> None:
+        s = self.step_count
+        if self._before_step == s and self._before is not None and s in self._slot_of_step:
+            self._update_ratio(self._slot_of_step[s])
+            self._before_step = None
+        self.step_count = s + 1
+        self._just_stepped = True
+        if len(self._slot_steps) >= self.config.flush_every:
+            self.flush()
+        self._prepare_step(self.step_count)
+
+    def _prepare_step(self, s: int) -> None:
+        """Arm the detail probes for step ``s`` if the schedule selects it."""
+        if self._closed or not self._details(s):
+            return
+        if self.config.update_ratio and "update ratio" not in self._failed:
+            self._before_step = s
+            if self.optimizer is None:  # manual loop: the weights now are the weights before step s
+                self._snapshot()
+        if self.config.activations and "activations" not in self._failed:
+            self._act_step = s
+            self._install_act_hooks()
+
+    def _records(self, s: int) -> bool:
+        return bool(self.config.record_every(s))
+
+    def _details(self, s: int) -> bool:
+        return bool(self.config.detail_every(s)) and (self.config.activations or self.config.update_ratio)
+
+    def _slot(self, s: int) -> int:
+        if s in self._slot_of_step:
+            return self._slot_of_step[s]
+        if len(self._slot_steps) >= self.config.flush_every:
+            self.flush()
+        slot = len(self._slot_steps)
+        self._buf[slot].fill_(math.nan)
+        self._gtotal[slot].fill_(math.nan)
+        self._slot_steps.append(s)
+        self._slot_groups.append(set())
+        self._slot_lr.append(math.nan)
+        self._slot_of_step[s] = slot
+        return slot
+
+    # ------------------------------------------------------------------ probes
+    def _signature(self, present: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cached per-gradient layer index, per-layer 1/sqrt(numel) and 'has grad' mask for a set of grads."""
+        got = self._sig_cache.get(present)
+        if got is None:
+            L = len(self.layers)
+            numel = [0] * L
+            lidx = []
+            for i in present:
+                li, p = self._tparams[i]
+                numel[li] += p.numel()
+                lidx.append(li)
+            inv = torch.tensor(
+                [1.0 / math.sqrt(n) if n else math.nan for n in numel], dtype=torch.float64, device=self.device
+            )
+            has = torch.tensor([n > 0 for n in numel], device=self.device)
+            got = (torch.tensor(lidx, dtype=torch.long, device=self.device), inv, has)
+            if len(self._sig_cache) < 64:
+                self._sig_cache[present] = got
+        return got
+
+    def _grad_stats(self, slot: int) -> None:
+        L = len(self.layers)
+        present: list[int] = []
+        grads: list[torch.Tensor] = []
+        for i, (_, p) in enumerate(self._tparams):
+            if p.grad is not None:
+                present.append(i)
+                grads.append(_local(p.grad))
+        weights = [_local(p.detach()) for _, p in self._params]
+        # (P,) norms of every weight; one batched kernel per norm kind.
+        wsq = torch.stack(torch._foreach_norm(weights, 2)).to(torch.float64).square()
+        sums = torch.zeros((3, L), dtype=torch.float64, device=self.device)  # grad sumsq, weight sumsq, nonfinite
+        sums[1].index_add_(0, self._pidx, wsq)
+        maxes = torch.full((1, L), -math.inf, dtype=torch.float64, device=self.device)
+        if grads:
+            lidx, inv, has = self._signature(tuple(present))
+            gsq = torch.stack(torch._foreach_norm(grads, 2)).to(torch.float64).square()
+            gmax = torch.stack(torch._foreach_norm(grads, math.inf)).to(torch.float64)
+            sums[0].index_add_(0, lidx, gsq)
+            sums[2].index_add_(0, lidx, (~torch.isfinite(gmax)).to(torch.float64))
+            maxes[0].scatter_reduce_(0, lidx, gmax, reduce="amax")
+        else:
+            inv = torch.full((L,), math.nan, dtype=torch.float64, device=self.device)
+            has = torch.zeros(L, dtype=torch.bool, device=self.device)
+        sums[2].index_add_(0, self._pidx, (~torch.isfinite(wsq)).to(torch.float64))
+        sums, maxes = self.reducer.reduce(sums, maxes)  # the one place where ranks are combined
+        gnorm = torch.where(has, sums[0].sqrt(), math.nan)
+        row = self._buf[slot]
+        row[0] = gnorm
+        row[1] = gnorm * inv
+        row[2] = torch.where(has, maxes[0], math.nan)
+        row[3] = sums[1].sqrt()
+        row[4] = sums[2]
+        self._gtotal[slot] = torch.where(has, sums[0], 0.0).sum().sqrt() if grads else math.nan
+        self._slot_groups[slot].add("grad")
+
+    def _snapshot(self) -> None:
+        weights = [_local(p.detach()) for _, p in self._params]
+        if self._before is None:
+            self._before = [w.clone() for w in weights]
+        else:
+            torch._foreach_copy_(self._before, weights)
+
+    def _update_ratio(self, slot: int) -> None:
+        assert self._before is not None
+        weights = [_local(p.detach()) for _, p in self._params]
+        L = len(self.layers)
+        before_sq = torch.stack(torch._foreach_norm(self._before, 2)).to(torch.float64).square()
+        torch._foreach_sub_(self._before, weights)  # in place: before <- before - after (no new memory)
+        diff_sq = torch.stack(torch._foreach_norm(self._before, 2)).to(torch.float64).square()
+        sums = torch.zeros((2, L), dtype=torch.float64, device=self.device)
+        sums[0].index_add_(0, self._pidx, diff_sq)
+        sums[1].index_add_(0, self._pidx, before_sq)
+        sums, _ = self.reducer.reduce(sums, torch.zeros((0, L), dtype=torch.float64, device=self.device))
+        self._buf[slot, _UPDATE_ROW] = sums[0].sqrt() / sums[1].sqrt()
+        self._slot_groups[slot].add("update")
+
+    def _install_act_hooks(self) -> None:
+        self._act.zero_()
+        self._actv.zero_()
+        for lay in self.layers:
+            self._act_handles.append(lay.module.register_forward_hook(self._layer_hook(lay.index)))
+        for act in self._act_modules:
+            self._act_handles.append(act.register_forward_hook(self._activation_hook(act)))
+
+    def _remove_act_hooks(self) -> None:
+        for h in self._act_handles:
+            h.remove()
+        self._act_handles.clear()
+        self._outputs.clear()
+
+    def _layer_hook(self, idx: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            out = _first_tensor(output)
+            if out is None or not out.is_floating_point():
+                return
+            try:
+                self._outputs[id(out)] = (idx, out)
+                # The layer's own output stands in for an activation until one is seen consuming it.
+                if self._order is None or idx not in self._activation_of:
+                    self._accumulate(self._act, idx, out.detach(), None)
+                if out.requires_grad:
+                    out.register_hook(self._grad_hook(idx))
+            except Exception as e:  # never break the forward pass
+                self._fail("activations", e)
+
+        return hook
+
+    def _activation_hook(self, act: nn.Module) -> Callable[..., None]:
+        bounds = activation_bounds(act)
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            inp, out = _first_tensor(args), _first_tensor(output)
+            if inp is None or out is None or not out.is_floating_point():
+                return
+            hit = self._outputs.get(id(inp))
+            if hit is None or hit[1] is not inp:
+                return  # this call's input is not a watched layer's output
+            try:
+                self._accumulate(self._actv, hit[0], out.detach(), bounds)
+            except Exception as e:
+                self._fail("activations", e)
+
+        return hook
+
+    def _accumulate(self, acc: torch.Tensor, idx: int, y: torch.Tensor, bounds: tuple[float, float] | None) -> None:
+        # Moments from sums and sums of squares: std_mean is 12-35x slower on CPU (PERF-NOTES).
+        y = _local(y)
+        n = y.numel()
+        s1 = y.sum(dtype=torch.float64)
+        s2 = torch.linalg.vector_norm(y, dtype=torch.float64).square()
+        zeros = n - torch.count_nonzero(y)
+        if bounds is not None:
+            lo, hi = saturation_tolerance(bounds)
+            sat = ((y <= lo).sum() + (y >= hi).sum()).to(torch.float64)
+        else:
+            sat = s1.new_zeros(())
+        counts = torch.tensor([float(n), float(n if bounds is not None else 0)], dtype=torch.float64, device=y.device)
+        row = torch.stack([counts[0], s1, s2, zeros.to(torch.float64), sat, counts[1]])
+        acc[idx, :6].add_(row.to(self.device))
+
+    def _grad_hook(self, idx: int) -> Callable[[torch.Tensor], None]:
+        def hook(g: torch.Tensor) -> None:
+            try:
+                gsq = torch.linalg.vector_norm(_local(g), dtype=torch.float64).square()
+                self._act[idx, _A_GRADSQ].add_(gsq.to(self.device))
+            except Exception as e:
+                self._fail("activations", e)
+
+        return hook
+
+    def _fold_activations(self, slot: int) -> None:
+        # Per layer: the activation module's statistics where one consumed its output, else its own.
+        use_v = (self._actv[:, _A_COUNT] > 0).unsqueeze(1)
+        a = torch.where(use_v, self._actv, self._act)
+        a[:, _A_GRADSQ] = self._act[:, _A_GRADSQ]
+        empty = torch.zeros((0, a.shape[0]), dtype=torch.float64, device=self.device)
+        sums, _ = self.reducer.reduce(a.t().contiguous(), empty)
+        a = sums.t()
+        n = a[:, _A_COUNT]
+        seen = n > 0
+        mean = a[:, _A_SUM] / n
+        var = (a[:, _A_SUMSQ] / n - mean.square()).clamp_min(0.0)
+        nan = torch.full_like(mean, math.nan)
+        row = self._buf[slot]
+        row[6] = torch.where(seen, mean, nan)
+        row[7] = torch.where(seen, var.sqrt(), nan)
+        row[8] = torch.where(seen, a[:, _A_ZEROS] / n, nan)
+        row[9] = torch.where(a[:, _A_SATN] > 0, a[:, _A_SAT] / a[:, _A_SATN], nan)
+        row[10] = torch.where(a[:, _A_GRADSQ] > 0, a[:, _A_GRADSQ].sqrt(), nan)
+        self._slot_groups[slot].add("act")
+
+    # ------------------------------------------------------------------ user API
+    def log(self, **scalars: float | int | torch.Tensor) -> None:
+        """Record scalars (numbers or 0-d tensors) at the current step, without a host sync.
+
+        Called after ``optimizer.step()``, values belong to the step just taken (the loss that
+        produced its gradients); called before it, to the step about to be taken.
+        """
+        if self._closed:
+            return
+        step = self.step_count - 1 if self._just_stepped else self.step_count
+        for k, v in scalars.items():
+            if isinstance(v, torch.Tensor):
+                if v.numel() != 1:
+                    raise GradguardError(
+                        f"mon.log({k}=...) got a tensor of shape {tuple(v.shape)}; log scalars only "
+                        "(e.g. loss.mean() or a 0-d tensor)"
+                    )
+                v = v.detach().reshape(())
+            elif isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+                v = float(v)
+            else:
+                raise GradguardError(f"mon.log({k}=...) got {type(v).__name__}; pass a number or a 0-d tensor")
+            self._scalars.setdefault(k, []).append((max(step, 0), v))
+
+    def event(
+        self,
+        kind: str,
+        message: str = "",
+        *,
+        layer: str | None = None,
+        value: float | torch.Tensor | None = None,
+        step: int | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record an event (a skipped step, a finding, a clip...) at ``step`` (default: the current one)."""
+        if isinstance(value, torch.Tensor):
+            value = float(value.detach().float().cpu())  # events are rare: a sync here is fine
+        ev = Event(
+            step=self.step_count if step is None else step,
+            kind=kind,
+            layer=layer,
+            value=value,
+            message=message,
+            data=dict(data or {}),
+        )
+        self._events.append(ev)
+
+    @property
+    def layer_order(self) -> list[int]:
+        """Registration indices of the layers in forward order (registration order until the first forward)."""
+        return self._order if self._order is not None else [lay.index for lay in self.layers]
+
+    def recorded_layers(self) -> list[Layer]:
+        """The layer table as stored: forward order, with the activation that follows each layer."""
+        out = []
+        for pos, i in enumerate(self.layer_order):
+            lay = self.layers[i]
+            act = self._activation_of.get(i)
+            out.append(
+                Layer(pos, lay.name, lay.kind, lay.numel, lay.trainable, type(act).__name__ if act is not None else None)
+            )
+        return out
+
+    def flush(self, *, wait: bool = True) -> None:
+        """Read the device buffer once and hand everything recorded so far to the store.
+
+        With ``wait=True`` (the default) it returns once the batch is committed: what was flushed
+        survives a kill -9 of this process. Automatic flushes (every ``flush_every`` steps) don't wait.
+        """
+        self._guarded("store", lambda: self._flush(wait))
+
+    def _flush(self, wait: bool) -> None:
+        n = len(self._slot_steps)
+        order = self.layer_order
+        batch = Batch()
+        if n:
+            data = self._buf[:n].cpu().numpy()[:, :, order]  # (slots, metrics, layers) -- the one host read
+            gtotal = self._gtotal[:n].cpu().numpy()
+            steps = np.asarray(self._slot_steps, dtype=np.int64)
+            groups = {
+                "grad": np.array(["grad" in g for g in self._slot_groups]),
+                "update": np.array(["update" in g for g in self._slot_groups]),
+                "act": np.array(["act" in g for g in self._slot_groups]),
+            }
+            for j, m in enumerate(METRICS):
+                g = "grad" if j < 5 else ("update" if j == _UPDATE_ROW else "act")
+                mask = groups[g]
+                if mask.any():
+                    batch.metrics[m] = (steps[mask], data[mask, j, :])
+            if groups["grad"].any():
+                batch.scalars["grad_norm_total"] = (steps[groups["grad"]], gtotal[groups["grad"]])
+            lr = np.asarray(self._slot_lr)
+            if self.optimizer is not None:
+                batch.scalars["lr"] = (steps, lr)
+        for k, vals in self._scalars.items():
+            if not vals:
+                continue
+            s = np.asarray([st for st, _ in vals], dtype=np.int64)
+            tensors = [v for _, v in vals if isinstance(v, torch.Tensor)]
+            host = iter(torch.stack([t.to(torch.float64).cpu() for t in tensors]).numpy().tolist()) if tensors else iter(())
+            v = np.asarray([next(host) if isinstance(x, torch.Tensor) else x for _, x in vals], dtype=np.float64)
+            batch.scalars[k] = (s, v)
+        batch.events = list(self._events)
+        if not self._layers_written and (self._order is not None or n or batch.scalars or batch.events):
+            batch.layers = self.recorded_layers()
+            self._layers_written = self._order is not None
+        # Reset before handing over, so a failing store cannot make us record twice.
+        self._slot_steps, self._slot_groups, self._slot_lr, self._slot_of_step = [], [], [], {}
+        self._scalars = {}
+        self._events = []
+        self._remember(batch)
+        if self._writer is not None and (batch.metrics or batch.scalars or batch.events or batch.layers):
+            self._writer.submit(batch, wait=wait)
+            if self._writer.failed is not None and "store" not in self._failed:
+                self._fail("store", self._writer.failed)
+        if self.config.diagnose_online and "diagnosis" not in self._failed:
+            self._guarded("diagnosis", self._diagnose_online)
+
+    def _remember(self, batch: Batch) -> None:
+        for k, (s, v) in batch.metrics.items():
+            self._mem_metrics.setdefault(k, []).append((s, v))
+        for k, (s, v) in batch.scalars.items():
+            self._mem_scalars.setdefault(k, []).append((s, v))
+        self._mem_events.extend(batch.events)
+
+    @property
+    def run(self) -> Run:
+        """Everything flushed so far, as an in-memory :class:`~gradguard.store.Run` (no store needed)."""
+
+        def cat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+            return np.concatenate([s for s, _ in parts]), np.concatenate([v for _, v in parts])
+
+        return Run(
+            self.run_name,
+            self.recorded_layers(),
+            {k: cat(v) for k, v in self._mem_metrics.items()},
+            {k: cat(v) for k, v in self._mem_scalars.items()},
+            list(self._mem_events),
+            {"watch": self.config.to_dict()},
+            path=self.store_path,
+        )
+
+    def _diagnose_online(self) -> None:
+        try:
+            from gradguard.diagnosis.online import new_findings
+        except ImportError:
+            return
+        for f in new_findings(self.run, self._findings_seen):
+            msg = f"gradguard: {f.severity.value} {f.kind}: {f.evidence}"
+            log.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            last = f.steps[1] if f.steps else None
+            ev = Event(step=last, kind=f"finding:{f.kind}", layer=f.layers[0] if f.layers else None,
+                       message=str(f), data={"finding": f.to_dict()})
+            self._mem_events.append(ev)
+            if self._writer is not None:
+                self._writer.submit(Batch(events=[ev]))
+            if self.on_finding is not None:
+                self.on_finding(f)
+
+    def close(self) -> None:
+        """Flush, wait for the store, and remove every hook. Safe to call twice."""
+        if self._closed:
+            return
+        try:
+            for h in self._handles + self._act_handles + getattr(self, "_trace_handles", []):
+                h.remove()
+            self._handles.clear()
+            self._act_handles.clear()
+            self._before = None
+            self._flush_safely()
+        finally:
+            self._closed = True
+            if self._writer is not None:
+                self._writer.close()
+            if self._store is not None:
+                self._store.close()
+            _LIVE.discard(self)
+
+    def _flush_safely(self) -> None:
+        self._guarded("store", lambda: self._flush(True))
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ failure isolation
+    def _guarded(self, part: str, fn: Callable[[], None]) -> None:
+        if self._closed or part in self._failed:
+            return
+        try:
+            fn()
+        except GradguardError:
+            raise
+        except Exception as e:
+            self._fail(part, e)
+
+    def _fail(self, part: str, e: BaseException) -> None:
+        if self.config.strict:
+            raise GradguardError(f"gradguard monitor: {part} failed: {e}") from e
+        if part in self._failed:
+            return
+        self._failed.add(part)
+        msg = f"gradguard: {part} failed ({type(e).__name__}: {e}); that part is disabled, training goes on"
+        log.error(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        if part == "activations":
+            self._remove_act_hooks()
+            self._act_step = None
+
+
+_LIVE: weakref.WeakSet[Monitor] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:  # hooks removed and buffers flushed at interpreter exit
+    for mon in list(_LIVE):
+        try:
+            mon.close()
+        except Exception:  # pragma: no cover - best effort at exit
+            pass
+
+
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    store: str | os.PathLike[str] | Store | None = None,
+    name: str | None = None,
+    config: WatchConfig | str | None = None,
+    clip: Any = None,
+    guard: Any = None,
+    on_finding: Callable[[Any], None] | None = None,
+    **options: Any,
+) -> Monitor:
+    """Start watching ``model`` (and count steps of ``optimizer``).
+
+    Args:
+        model: the network.
+        optimizer: its optimizer; steps are counted by its step hooks. Without one, call
+            ``mon.step()`` after each update.
+        store: path of the SQLite store file (created if missing); None keeps the run in memory
+            (``mon.run``).
+        name: the run's name in the store (default ``run-N``).
+        config: a :class:`~gradguard.config.WatchConfig` or a preset: "light", "default", "full".
+        clip: a ``gg.clip`` clipper whose clips are recorded (norm before and after).
+        guard: a ``gg.Guard`` whose skipped steps are recorded as events.
+        on_finding: called with each new online finding of severity >= warning.
+        **options: overrides of WatchConfig fields, e.g. ``detail_every=50``, ``flush_every=500``.
+
+    Returns:
+        The :class:`Monitor` (also a context manager).
+
+    >>> mon = gg.watch(model, opt, store="runs/exp.db", detail_every=20)   # doctest: +SKIP
+    """
+    return Monitor(
+        model, optimizer, store=store, name=name, config=config, clip=clip, guard=guard, on_finding=on_finding, **options
+    )
+
