@@ -73,7 +73,9 @@ def resolve_config(config: WatchConfig | str | None, **overrides: Any) -> WatchC
     elif isinstance(config, WatchConfig):
         base = config
     else:
-        raise ConfigError(f"config must be a WatchConfig or a preset name, got {type(config).__name__}")
+        raise ConfigError(
+            f"config must be a WatchConfig or a preset name, got {type(config).__name__}"
+        )
     unknown = set(overrides) - set(WatchConfig.__dataclass_fields__)
     if unknown:
         raise ConfigError(

@@ -139,7 +139,7 @@ def activation_bounds(module: nn.Module) -> tuple[float, float] | None:
     """The (low, high) bounds of a bounded activation module, else None."""
     kind = type(module).__name__
     if kind == "Hardtanh" or isinstance(module, nn.Hardtanh):
-        return (float(module.min_val), float(module.max_val))  # type: ignore[attr-defined]
+        return (float(module.min_val), float(module.max_val))  # type: ignore[attr-defined,arg-type]
     bounds = ACTIVATION_BOUNDS.get(kind)
     if bounds is None or not all(abs(b) < float("inf") for b in bounds):
         return None

@@ -21,6 +21,7 @@ How it stays cheap (see docs/design.md):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
@@ -180,24 +181,34 @@ class Monitor:
         first = next(p for lay in self.layers for _, p in lay.params)
         self.device = _local(first).device
         self._order: list[int] | None = None  # forward order (registration indices), once seen
-        self._activation_of: dict[int, nn.Module] = {}  # layer index -> activation module that follows it
+        self._activation_of: dict[
+            int, nn.Module
+        ] = {}  # layer index -> activation module that follows it
 
         # Parameters: every owned parameter, with its layer; the trainable ones get gradient statistics.
-        self._params: list[tuple[int, nn.Parameter]] = [(lay.index, p) for lay in self.layers for _, p in lay.params]
-        self._pidx = torch.tensor([i for i, _ in self._params], dtype=torch.long, device=self.device)
-        self._tparams: list[tuple[int, nn.Parameter]] = [(i, p) for i, p in self._params if p.requires_grad]
+        self._params: list[tuple[int, nn.Parameter]] = [
+            (lay.index, p) for lay in self.layers for _, p in lay.params
+        ]
+        self._pidx = torch.tensor(
+            [i for i, _ in self._params], dtype=torch.long, device=self.device
+        )
+        self._tparams: list[tuple[int, nn.Parameter]] = [
+            (i, p) for i, p in self._params if p.requires_grad
+        ]
         self._sig_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
         # Device buffers, allocated once: per-layer metrics and built-in scalars for flush_every steps.
         K = self.config.flush_every
-        f64 = {"dtype": torch.float64, "device": self.device}
+        f64: dict[str, Any] = {"dtype": torch.float64, "device": self.device}
         self._buf = torch.full((K, len(METRICS), L), math.nan, **f64)  # (slots, metrics, layers)
         self._gtotal = torch.full((K,), math.nan, **f64)  # grad_norm_total per slot
         # Activation accumulators of the current detail step, (layers, 7) each: statistics of the layer's
         # own output, and of the activation module that consumes it (used when seen).
         self._act = torch.zeros((L, 7), **f64)
         self._actv = torch.zeros((L, 7), **f64)
-        self._outputs: dict[int, tuple[int, torch.Tensor]] = {}  # id(layer output) -> (layer, output)
+        self._outputs: dict[
+            int, tuple[int, torch.Tensor]
+        ] = {}  # id(layer output) -> (layer, output)
         self._act_modules = [m for m in model.modules() if type(m).__name__ in ACTIVATION_KINDS]
         self._slot_steps: list[int] = []
         self._slot_groups: list[set[str]] = []  # which metric groups each slot holds
@@ -370,7 +381,9 @@ class Monitor:
         return bool(self.config.record_every(s))
 
     def _details(self, s: int) -> bool:
-        return bool(self.config.detail_every(s)) and (self.config.activations or self.config.update_ratio)
+        return bool(self.config.detail_every(s)) and (
+            self.config.activations or self.config.update_ratio
+        )
 
     def _slot(self, s: int) -> int:
         if s in self._slot_of_step:
@@ -387,7 +400,9 @@ class Monitor:
         return slot
 
     # ------------------------------------------------------------------ probes
-    def _signature(self, present: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _signature(
+        self, present: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cached per-gradient layer index, per-layer 1/sqrt(numel) and 'has grad' mask for a set of grads."""
         got = self._sig_cache.get(present)
         if got is None:
@@ -399,7 +414,9 @@ class Monitor:
                 numel[li] += p.numel()
                 lidx.append(li)
             inv = torch.tensor(
-                [1.0 / math.sqrt(n) if n else math.nan for n in numel], dtype=torch.float64, device=self.device
+                [1.0 / math.sqrt(n) if n else math.nan for n in numel],
+                dtype=torch.float64,
+                device=self.device,
             )
             has = torch.tensor([n > 0 for n in numel], device=self.device)
             got = (torch.tensor(lidx, dtype=torch.long, device=self.device), inv, has)
@@ -418,7 +435,9 @@ class Monitor:
         weights = [_local(p.detach()) for _, p in self._params]
         # (P,) norms of every weight; one batched kernel per norm kind.
         wsq = torch.stack(torch._foreach_norm(weights, 2)).to(torch.float64).square()
-        sums = torch.zeros((3, L), dtype=torch.float64, device=self.device)  # grad sumsq, weight sumsq, nonfinite
+        sums = torch.zeros(
+            (3, L), dtype=torch.float64, device=self.device
+        )  # grad sumsq, weight sumsq, nonfinite
         sums[1].index_add_(0, self._pidx, wsq)
         maxes = torch.full((1, L), -math.inf, dtype=torch.float64, device=self.device)
         if grads:
@@ -455,12 +474,16 @@ class Monitor:
         weights = [_local(p.detach()) for _, p in self._params]
         L = len(self.layers)
         before_sq = torch.stack(torch._foreach_norm(self._before, 2)).to(torch.float64).square()
-        torch._foreach_sub_(self._before, weights)  # in place: before <- before - after (no new memory)
+        torch._foreach_sub_(
+            self._before, weights
+        )  # in place: before <- before - after (no new memory)
         diff_sq = torch.stack(torch._foreach_norm(self._before, 2)).to(torch.float64).square()
         sums = torch.zeros((2, L), dtype=torch.float64, device=self.device)
         sums[0].index_add_(0, self._pidx, diff_sq)
         sums[1].index_add_(0, self._pidx, before_sq)
-        sums, _ = self.reducer.reduce(sums, torch.zeros((0, L), dtype=torch.float64, device=self.device))
+        sums, _ = self.reducer.reduce(
+            sums, torch.zeros((0, L), dtype=torch.float64, device=self.device)
+        )
         self._buf[slot, _UPDATE_ROW] = sums[0].sqrt() / sums[1].sqrt()
         self._slot_groups[slot].add("update")
 
@@ -512,7 +535,9 @@ class Monitor:
 
         return hook
 
-    def _accumulate(self, acc: torch.Tensor, idx: int, y: torch.Tensor, bounds: tuple[float, float] | None) -> None:
+    def _accumulate(
+        self, acc: torch.Tensor, idx: int, y: torch.Tensor, bounds: tuple[float, float] | None
+    ) -> None:
         # Moments from sums and sums of squares: std_mean is 12-35x slower on CPU (PERF-NOTES).
         y = _local(y)
         n = y.numel()
@@ -524,7 +549,9 @@ class Monitor:
             sat = ((y <= lo).sum() + (y >= hi).sum()).to(torch.float64)
         else:
             sat = s1.new_zeros(())
-        counts = torch.tensor([float(n), float(n if bounds is not None else 0)], dtype=torch.float64, device=y.device)
+        counts = torch.tensor(
+            [float(n), float(n if bounds is not None else 0)], dtype=torch.float64, device=y.device
+        )
         row = torch.stack([counts[0], s1, s2, zeros.to(torch.float64), sat, counts[1]])
         acc[idx, :6].add_(row.to(self.device))
 
@@ -580,7 +607,9 @@ class Monitor:
             elif isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
                 v = float(v)
             else:
-                raise GradguardError(f"mon.log({k}=...) got {type(v).__name__}; pass a number or a 0-d tensor")
+                raise GradguardError(
+                    f"mon.log({k}=...) got {type(v).__name__}; pass a number or a 0-d tensor"
+                )
             self._scalars.setdefault(k, []).append((max(step, 0), v))
 
     def event(
@@ -618,7 +647,14 @@ class Monitor:
             lay = self.layers[i]
             act = self._activation_of.get(i)
             out.append(
-                Layer(pos, lay.name, lay.kind, lay.numel, lay.trainable, type(act).__name__ if act is not None else None)
+                Layer(
+                    pos,
+                    lay.name,
+                    lay.kind,
+                    lay.numel,
+                    lay.trainable,
+                    type(act).__name__ if act is not None else None,
+                )
             )
         return out
 
@@ -628,14 +664,23 @@ class Monitor:
         With ``wait=True`` (the default) it returns once the batch is committed: what was flushed
         survives a kill -9 of this process. Automatic flushes (every ``flush_every`` steps) don't wait.
         """
-        self._guarded("store", lambda: self._flush(wait))
+        if self._closed:
+            return
+        try:
+            self._flush(wait)
+        except Exception as e:
+            self._fail("flush", e)
+        finally:  # whatever happened, the buffer slots are free again: recording goes on
+            self._slot_steps, self._slot_groups, self._slot_lr, self._slot_of_step = [], [], [], {}
 
     def _flush(self, wait: bool) -> None:
         n = len(self._slot_steps)
         order = self.layer_order
         batch = Batch()
         if n:
-            data = self._buf[:n].cpu().numpy()[:, :, order]  # (slots, metrics, layers) -- the one host read
+            data = (
+                self._buf[:n].cpu().numpy()[:, :, order]
+            )  # (slots, metrics, layers) -- the one host read
             gtotal = self._gtotal[:n].cpu().numpy()
             steps = np.asarray(self._slot_steps, dtype=np.int64)
             groups = {
@@ -658,11 +703,20 @@ class Monitor:
                 continue
             s = np.asarray([st for st, _ in vals], dtype=np.int64)
             tensors = [v for _, v in vals if isinstance(v, torch.Tensor)]
-            host = iter(torch.stack([t.to(torch.float64).cpu() for t in tensors]).numpy().tolist()) if tensors else iter(())
-            v = np.asarray([next(host) if isinstance(x, torch.Tensor) else x for _, x in vals], dtype=np.float64)
+            host = (
+                iter(torch.stack([t.to(torch.float64).cpu() for t in tensors]).numpy().tolist())
+                if tensors
+                else iter(())
+            )
+            v = np.asarray(
+                [next(host) if isinstance(x, torch.Tensor) else x for _, x in vals],
+                dtype=np.float64,
+            )
             batch.scalars[k] = (s, v)
         batch.events = list(self._events)
-        if not self._layers_written and (self._order is not None or n or batch.scalars or batch.events):
+        if not self._layers_written and (
+            self._order is not None or n or batch.scalars or batch.events
+        ):
             batch.layers = self.recorded_layers()
             self._layers_written = self._order is not None
         # Reset before handing over, so a failing store cannot make us record twice.
@@ -670,10 +724,12 @@ class Monitor:
         self._scalars = {}
         self._events = []
         self._remember(batch)
-        if self._writer is not None and (batch.metrics or batch.scalars or batch.events or batch.layers):
+        # A failed writer has reported itself once (logging + warnings) and drops batches; the
+        # in-memory run (mon.run) stays complete.
+        if self._writer is not None and (
+            batch.metrics or batch.scalars or batch.events or batch.layers
+        ):
             self._writer.submit(batch, wait=wait)
-            if self._writer.failed is not None and "store" not in self._failed:
-                self._fail("store", self._writer.failed)
         if self.config.diagnose_online and "diagnosis" not in self._failed:
             self._guarded("diagnosis", self._diagnose_online)
 
@@ -711,8 +767,13 @@ class Monitor:
             log.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             last = f.steps[1] if f.steps else None
-            ev = Event(step=last, kind=f"finding:{f.kind}", layer=f.layers[0] if f.layers else None,
-                       message=str(f), data={"finding": f.to_dict()})
+            ev = Event(
+                step=last,
+                kind=f"finding:{f.kind}",
+                layer=f.layers[0] if f.layers else None,
+                message=str(f),
+                data={"finding": f.to_dict()},
+            )
             self._mem_events.append(ev)
             if self._writer is not None:
                 self._writer.submit(Batch(events=[ev]))
@@ -729,7 +790,7 @@ class Monitor:
             self._handles.clear()
             self._act_handles.clear()
             self._before = None
-            self._flush_safely()
+            self.flush()
         finally:
             self._closed = True
             if self._writer is not None:
@@ -737,9 +798,6 @@ class Monitor:
             if self._store is not None:
                 self._store.close()
             _LIVE.discard(self)
-
-    def _flush_safely(self) -> None:
-        self._guarded("store", lambda: self._flush(True))
 
     def __enter__(self) -> Monitor:
         return self
@@ -778,10 +836,8 @@ _LIVE: weakref.WeakSet[Monitor] = weakref.WeakSet()
 @atexit.register
 def _close_all() -> None:  # hooks removed and buffers flushed at interpreter exit
     for mon in list(_LIVE):
-        try:
+        with contextlib.suppress(Exception):  # best effort at exit
             mon.close()
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
 
 
 def watch(
@@ -817,6 +873,13 @@ def watch(
     >>> mon = gg.watch(model, opt, store="runs/exp.db", detail_every=20)   # doctest: +SKIP
     """
     return Monitor(
-        model, optimizer, store=store, name=name, config=config, clip=clip, guard=guard, on_finding=on_finding, **options
+        model,
+        optimizer,
+        store=store,
+        name=name,
+        config=config,
+        clip=clip,
+        guard=guard,
+        on_finding=on_finding,
+        **options,
     )
-

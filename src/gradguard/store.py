@@ -135,11 +135,20 @@ def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
                 "pass a store path in a writable directory"
             )
     elif not path.is_file():
-        raise StoreError(f"no store at {str(path)!r}; check the path (gradguard writes it with watch(store=...))")
+        raise StoreError(
+            f"no store at {str(path)!r}; check the path (gradguard writes it with watch(store=...))"
+        )
     try:
-        conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(
+            str(path), timeout=30.0, check_same_thread=False, isolation_level=None
+        )
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         n_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.OperationalError as e:
+        raise StoreError(
+            f"cannot open store {str(path)!r} ({e}); the directory may be read-only or the disk full: "
+            "pass a store path in a writable directory"
+        ) from e
     except sqlite3.DatabaseError as e:
         raise StoreError(
             f"{str(path)!r} is not a gradguard store (not an SQLite database: {e}); "
@@ -162,9 +171,15 @@ def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
             "upgrade gradguard to read it"
         )
     if create:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(_SCHEMA)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(_SCHEMA)
+        except sqlite3.OperationalError as e:
+            conn.close()
+            raise StoreError(
+                f"cannot write store {str(path)!r} ({e}); pass a store path in a writable directory"
+            ) from e
     return conn
 
 
@@ -181,7 +196,10 @@ class Store:
         self._lock = threading.Lock()
 
     def create_run(
-        self, name: str | None, config: Mapping[str, Any] | None = None, environment: Mapping[str, Any] | None = None
+        self,
+        name: str | None,
+        config: Mapping[str, Any] | None = None,
+        environment: Mapping[str, Any] | None = None,
     ) -> tuple[int, str]:
         """Insert a run and return ``(run_id, name)``; a missing name becomes ``run-N``."""
         with self._lock:
@@ -190,7 +208,12 @@ class Store:
                 name = f"run-{n + 1}"
             cur = self._conn.execute(
                 "INSERT INTO runs(name, created, config, environment) VALUES (?, ?, ?, ?)",
-                (name, _now(), json.dumps(dict(config or {}), default=str), json.dumps(dict(environment or {}), default=str)),
+                (
+                    name,
+                    _now(),
+                    json.dumps(dict(config or {}), default=str),
+                    json.dumps(dict(environment or {}), default=str),
+                ),
             )
             return int(cur.lastrowid or 0), name
 
@@ -204,24 +227,50 @@ class Store:
                     c.execute("DELETE FROM layers WHERE run_id = ?", (run_id,))
                     c.executemany(
                         "INSERT INTO layers(run_id, idx, name, kind, numel, trainable, activation) VALUES (?,?,?,?,?,?,?)",
-                        [(run_id, lay.index, lay.name, lay.kind, lay.numel, int(lay.trainable), lay.activation) for lay in batch.layers],
+                        [
+                            (
+                                run_id,
+                                lay.index,
+                                lay.name,
+                                lay.kind,
+                                lay.numel,
+                                int(lay.trainable),
+                                lay.activation,
+                            )
+                            for lay in batch.layers
+                        ],
                     )
                 rows = []
                 for metric, (steps, values) in batch.metrics.items():
                     vals = np.ascontiguousarray(values, dtype="<f8")
                     for i, s in enumerate(steps):
                         rows.append((run_id, metric, int(s), vals[i].tobytes()))
-                c.executemany("INSERT OR REPLACE INTO metrics(run_id, metric, step, vals) VALUES (?,?,?,?)", rows)
+                c.executemany(
+                    "INSERT OR REPLACE INTO metrics(run_id, metric, step, vals) VALUES (?,?,?,?)",
+                    rows,
+                )
                 srows = []
                 for sname, (steps, values) in batch.scalars.items():
                     for s, v in zip(steps, values):
                         fv = float(v)
                         srows.append((run_id, sname, int(s), fv if not math.isnan(fv) else None))
-                c.executemany("INSERT OR REPLACE INTO scalars(run_id, name, step, value) VALUES (?,?,?,?)", srows)
+                c.executemany(
+                    "INSERT OR REPLACE INTO scalars(run_id, name, step, value) VALUES (?,?,?,?)",
+                    srows,
+                )
                 c.executemany(
                     "INSERT INTO events(run_id, step, kind, layer, value, message, data, created) VALUES (?,?,?,?,?,?,?,?)",
                     [
-                        (run_id, e.step, e.kind, e.layer, _finite_or_none(e.value), e.message, json.dumps(e.data, default=str), _now())
+                        (
+                            run_id,
+                            e.step,
+                            e.kind,
+                            e.layer,
+                            _finite_or_none(e.value),
+                            e.message,
+                            json.dumps(e.data, default=str),
+                            _now(),
+                        )
                         for e in batch.events
                     ],
                 )
@@ -233,7 +282,10 @@ class Store:
     def runs(self) -> list[tuple[int, str, str]]:
         """``(id, name, created)`` of every run, oldest first."""
         with self._lock:
-            return [tuple(r) for r in self._conn.execute("SELECT id, name, created FROM runs ORDER BY id")]  # type: ignore[misc]
+            return [
+                tuple(r)
+                for r in self._conn.execute("SELECT id, name, created FROM runs ORDER BY id")
+            ]  # type: ignore[misc]
 
     def load(self, name: str | None = None) -> Run:
         with self._lock:
@@ -255,8 +307,12 @@ def _finite_or_none(v: float | None) -> float | None:
 class Batch:
     """What one flush hands to the store: per-layer metrics, scalars, events, maybe the layer table."""
 
-    metrics: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> ([S], [S, L])
-    scalars: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name -> ([S], [S])
+    metrics: dict[str, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )  # name -> ([S], [S, L])
+    scalars: dict[str, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )  # name -> ([S], [S])
     events: list[Event] = field(default_factory=list)
     layers: list[Layer] | None = None
 
@@ -361,7 +417,8 @@ class Run:
         (2, 2)
         """
         lays = [
-            lay if isinstance(lay, Layer) else Layer(index=i, name=str(lay)) for i, lay in enumerate(layers)
+            lay if isinstance(lay, Layer) else Layer(index=i, name=str(lay))
+            for i, lay in enumerate(layers)
         ]
         n = len(lays)
         ms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -438,8 +495,14 @@ class Run:
             if frames
             else pd.DataFrame(columns=["step", "layer", "metric", "value"])
         )
-        sframes = [pd.DataFrame({"step": s, "name": k, "value": v}) for k, (s, v) in self._scalars.items()]
-        scalars = pd.concat(sframes, ignore_index=True) if sframes else pd.DataFrame(columns=["step", "name", "value"])
+        sframes = [
+            pd.DataFrame({"step": s, "name": k, "value": v}) for k, (s, v) in self._scalars.items()
+        ]
+        scalars = (
+            pd.concat(sframes, ignore_index=True)
+            if sframes
+            else pd.DataFrame(columns=["step", "name", "value"])
+        )
         return metrics, scalars
 
     def __repr__(self) -> str:
@@ -448,12 +511,17 @@ class Run:
 
 def _read_run(conn: sqlite3.Connection, path: Path, name: str | None) -> Run:
     if name is None:
-        row = conn.execute("SELECT id, name, created, config, environment FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        row = conn.execute(
+            "SELECT id, name, created, config, environment FROM runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
         if row is None:
-            raise StoreError(f"store {str(path)!r} holds no runs yet; record one with gg.watch(..., store=...)")
+            raise StoreError(
+                f"store {str(path)!r} holds no runs yet; record one with gg.watch(..., store=...)"
+            )
     else:
         row = conn.execute(
-            "SELECT id, name, created, config, environment FROM runs WHERE name = ? ORDER BY id DESC LIMIT 1", (name,)
+            "SELECT id, name, created, config, environment FROM runs WHERE name = ? ORDER BY id DESC LIMIT 1",
+            (name,),
         ).fetchone()
         if row is None:
             names = [r[0] for r in conn.execute("SELECT name FROM runs ORDER BY id")]
@@ -462,7 +530,8 @@ def _read_run(conn: sqlite3.Connection, path: Path, name: str | None) -> Run:
     layers = [
         Layer(index=r[0], name=r[1], kind=r[2], numel=r[3], trainable=bool(r[4]), activation=r[5])
         for r in conn.execute(
-            "SELECT idx, name, kind, numel, trainable, activation FROM layers WHERE run_id = ? ORDER BY idx", (run_id,)
+            "SELECT idx, name, kind, numel, trainable, activation FROM layers WHERE run_id = ? ORDER BY idx",
+            (run_id,),
         )
     ]
     n = len(layers)
@@ -484,15 +553,34 @@ def _read_run(conn: sqlite3.Connection, path: Path, name: str | None) -> Run:
         s2, v2 = by_scalar.setdefault(sname, ([], []))
         s2.append(step)
         v2.append(float("nan") if value is None else value)
-    scalars = {k: (np.asarray(s, dtype=np.int64), np.asarray(v, dtype=np.float64)) for k, (s, v) in by_scalar.items()}
+    scalars = {
+        k: (np.asarray(s, dtype=np.int64), np.asarray(v, dtype=np.float64))
+        for k, (s, v) in by_scalar.items()
+    }
     events = [
-        Event(step=r[0], kind=r[1], layer=r[2], value=r[3], message=r[4], data=json.loads(r[5] or "{}"))
+        Event(
+            step=r[0],
+            kind=r[1],
+            layer=r[2],
+            value=r[3],
+            message=r[4],
+            data=json.loads(r[5] or "{}"),
+        )
         for r in conn.execute(
-            "SELECT step, kind, layer, value, message, data FROM events WHERE run_id = ? ORDER BY id", (run_id,)
+            "SELECT step, kind, layer, value, message, data FROM events WHERE run_id = ? ORDER BY id",
+            (run_id,),
         )
     ]
     return Run(
-        rname, layers, metrics, scalars, events, json.loads(config or "{}"), json.loads(env or "{}"), created, path
+        rname,
+        layers,
+        metrics,
+        scalars,
+        events,
+        json.loads(config or "{}"),
+        json.loads(env or "{}"),
+        created,
+        path,
     )
 
 
@@ -509,7 +597,9 @@ def load(path: str | os.PathLike[str], name: str | None = None) -> Run:
     try:
         return _read_run(conn, p, name)
     except sqlite3.DatabaseError as e:
-        raise StoreError(f"could not read {str(p)!r} ({e}); is it a complete gradguard store?") from e
+        raise StoreError(
+            f"could not read {str(p)!r} ({e}); is it a complete gradguard store?"
+        ) from e
     finally:
         conn.close()
 
@@ -522,4 +612,3 @@ def list_runs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in conn.execute("SELECT name, created FROM runs ORDER BY id")]
     finally:
         conn.close()
-

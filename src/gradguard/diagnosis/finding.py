@@ -88,7 +88,9 @@ class Finding:
     def _where(self) -> str:
         parts = []
         if self.layers:
-            shown = ", ".join(self.layers[:4]) + (f" (+{len(self.layers) - 4} more)" if len(self.layers) > 4 else "")
+            shown = ", ".join(self.layers[:4]) + (
+                f" (+{len(self.layers) - 4} more)" if len(self.layers) > 4 else ""
+            )
             parts.append(f"layers {shown}")
         if self.steps is not None:
             a, b = self.steps
@@ -124,8 +126,12 @@ class Finding:
         if self.cause:
             body.append(Text.assemble(("cause    ", "bold"), self.cause))
         for i, r in enumerate(self.remedies, 1):
-            body.append(Text.assemble((f"{i}. {r.name}", "bold cyan"), f" — {r.why} ", (r.how, "italic")))
-        title = Text.assemble((self.severity.value.upper(), f"bold {color}"), " ", (self.title, "bold"))
+            body.append(
+                Text.assemble((f"{i}. {r.name}", "bold cyan"), f" — {r.why} ", (r.how, "italic"))
+            )
+        title = Text.assemble(
+            (self.severity.value.upper(), f"bold {color}"), " ", (self.title, "bold")
+        )
         return Panel(Group(*body), title=title, title_align="left", border_style=color, expand=True)
 
     def to_dict(self) -> dict[str, Any]:

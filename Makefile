@@ -1,0 +1,37 @@
+# One command each: `make demo` runs the main job, `make test` runs lint, types and the whole test suite.
+# Both create the virtual environment in .venv if it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(BIN)/gradguard: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first, pinned below 2.14 so pip takes the CPU wheel on this machine's disk
+	$(BIN)/pip install -q 'torch>=2.4,<2.14'
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/gradguard
+
+demo: $(BIN)/gradguard
+	$(BIN)/gradguard demo
+
+lint: $(BIN)/gradguard
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+typecheck: $(BIN)/gradguard
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected no test: treat that as a failure, not as "nothing to do"
+pytest: $(BIN)/gradguard
+	$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test: lint typecheck pytest
+
+bench: $(BIN)/gradguard
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache gradguard-demo

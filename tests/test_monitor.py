@@ -1,0 +1,413 @@
+"""The Monitor's numbers against autograd and torch.linalg references."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradguard as gg
+from tests.fixtures.models import CNN, Branchy, LSTMNet, Tied, TinyTransformer, mlp
+
+
+def owned_params(model: nn.Module, name: str) -> list[nn.Parameter]:
+    module = model if name == "(root)" else dict(model.named_modules())[name]
+    return [p for p in module.parameters(recurse=False)]
+
+
+def reference_grad_stats(model: nn.Module, names: list[str]) -> dict[str, np.ndarray]:
+    """Per-layer statistics computed directly with torch.linalg.vector_norm over each layer's own tensors."""
+    out: dict[str, list[float]] = {
+        "grad_norm": [],
+        "grad_rms": [],
+        "grad_max": [],
+        "weight_norm": [],
+    }
+    for name in names:
+        ps = owned_params(model, name)
+        grads = [p.grad.flatten() for p in ps if p.grad is not None]
+        weights = torch.cat([p.detach().flatten() for p in ps])
+        out["weight_norm"].append(torch.linalg.vector_norm(weights.double()).item())
+        if grads:
+            g = torch.cat(grads).double()
+            n = torch.linalg.vector_norm(g).item()
+            out["grad_norm"].append(n)
+            out["grad_rms"].append(n / math.sqrt(g.numel()))
+            out["grad_max"].append(g.abs().max().item())
+        else:
+            for k in ("grad_norm", "grad_rms", "grad_max"):
+                out[k].append(math.nan)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def capture(into: dict | list, key: str = ""):
+    """A forward hook keeping the output with retain_grad(): autograd's dL/d(output) lands in .grad."""
+
+    def hook(module: nn.Module, args: object, output: torch.Tensor) -> None:
+        output.retain_grad()
+        if isinstance(into, dict):
+            into[key] = output
+        else:
+            into.append(output)
+
+    return hook
+
+
+def _batch(kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "mlp":
+        return torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+    if kind == "cnn":
+        return torch.randn(6, 1, 8, 8, generator=g), torch.randint(0, 5, (6,), generator=g)
+    if kind == "lstm":
+        return torch.randint(0, 20, (5, 7), generator=g), torch.randint(0, 2, (5,), generator=g)
+    x = torch.randint(0, 32, (4, 12), generator=g)
+    return x, x
+
+
+MODELS = {
+    "mlp": lambda: mlp(),
+    "cnn": CNN,
+    "lstm": LSTMNet,
+    "transformer": TinyTransformer,
+}
+
+
+def _loss(kind: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if kind == "transformer":
+        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+    return nn.functional.cross_entropy(out, y)
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_gradient_statistics_equal_vector_norm(kind: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[kind]()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    refs = []
+    with gg.watch(model, opt, detail_every=0) as mon:
+        for step in range(3):
+            x, y = _batch(kind, step)
+            opt.zero_grad()
+            _loss(kind, model(x), y).backward()
+            refs.append(reference_grad_stats(model, [lay.name for lay in mon.recorded_layers()]))
+            opt.step()
+    run = mon.run
+    for metric in ("grad_norm", "grad_rms", "grad_max", "weight_norm"):
+        steps, values = run.metric(metric)
+        assert list(steps) == [0, 1, 2]
+        expected = np.stack([r[metric] for r in refs])
+        np.testing.assert_allclose(values, expected, rtol=1e-6, atol=0, err_msg=metric)
+    _, nonfinite = run.metric("nonfinite")
+    assert (nonfinite == 0).all()
+    total = run.scalar("grad_norm_total")[1]
+    np.testing.assert_allclose(
+        total, np.sqrt(np.nansum(np.stack([r["grad_norm"] for r in refs]) ** 2, axis=1)), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
+def test_update_ratio_is_taken_around_the_real_step(opt_name: str) -> None:
+    torch.manual_seed(1)
+    model = mlp(depth=3)
+    if opt_name == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    names = ["0", "2", "4"]
+    expected = []
+    with gg.watch(model, opt, detail_every=2) as mon:
+        for step in range(5):
+            x, y = _batch("mlp", step)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            before = {
+                n: torch.cat([p.detach().flatten().clone() for p in owned_params(model, n)])
+                for n in names
+            }
+            opt.step()
+            after = {
+                n: torch.cat([p.detach().flatten() for p in owned_params(model, n)]) for n in names
+            }
+            expected.append(
+                [
+                    (
+                        torch.linalg.vector_norm((after[n] - before[n]).double())
+                        / torch.linalg.vector_norm(before[n].double())
+                    ).item()
+                    for n in names
+                ]
+            )
+    steps, values = mon.run.metric("update_ratio")
+    assert list(steps) == [0, 2, 4]
+    np.testing.assert_allclose(values, np.asarray(expected)[[0, 2, 4]], rtol=1e-5)
+    # Adam's update is not lr * g: the ratio must differ from that naive estimate
+    if opt_name == "adamw":
+        gsteps, gnorm = mon.run.metric("grad_norm")
+        _, wnorm = mon.run.metric("weight_norm")
+        naive = 1e-2 * gnorm[0] / wnorm[0]
+        assert not np.allclose(values[0], naive, rtol=0.1)
+
+
+def test_activation_statistics_equal_autograd() -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)
+    )
+    with torch.no_grad():
+        model[0].weight.mul_(4.0)  # push tanh into saturation so act_sat_frac is not trivially 0
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [
+        m.register_forward_hook(capture(outputs, key))
+        for key, m in [
+            ("0", model[0]),
+            ("t", model[1]),
+            ("2", model[2]),
+            ("r", model[3]),
+            ("4", model[4]),
+        ]
+    ]
+    with gg.watch(model, opt, detail_every=1) as mon:
+        x, y = _batch("mlp", 0)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        grads = [outputs[k].grad for k in ("0", "2", "4")]  # autograd's dL/d(output) of each layer
+        opt.step()
+    for h in handles:
+        h.remove()
+    run = mon.run
+    _, agn = run.metric("act_grad_norm")
+    np.testing.assert_allclose(
+        agn[0], [torch.linalg.vector_norm(g.double()).item() for g in grads], rtol=1e-6
+    )
+    # activation statistics are taken on the activation that consumes each layer's output
+    assert [lay.activation for lay in run.layers] == ["Tanh", "ReLU", None]
+    acts = [
+        outputs["t"].detach().double(),
+        outputs["r"].detach().double(),
+        outputs["4"].detach().double(),
+    ]
+    np.testing.assert_allclose(
+        run.metric("act_mean")[1][0], [a.mean().item() for a in acts], rtol=1e-6, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        run.metric("act_std")[1][0], [a.std(unbiased=False).item() for a in acts], rtol=1e-6
+    )
+    zero = [(a == 0).double().mean().item() for a in acts]
+    np.testing.assert_allclose(run.metric("act_zero_frac")[1][0], zero)
+    sat = run.metric("act_sat_frac")[1][0]
+    assert sat[0] == pytest.approx((acts[0].abs() >= 0.99).double().mean().item())
+    assert 0.05 < sat[0] < 1.0
+    assert np.isnan(sat[1]) and np.isnan(sat[2])  # ReLU and the bare output have no bounds
+
+
+def test_accumulation_gives_one_record_per_optimizer_step() -> None:
+    torch.manual_seed(3)
+    model = mlp(depth=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    ref_norms, ref_agn = [], []
+    out_holder: list[torch.Tensor] = []
+    h = model[0].register_forward_hook(capture(out_holder))
+    with gg.watch(model, opt, detail_every=1) as mon:
+        for step in range(3):
+            opt.zero_grad()
+            agn_sq = 0.0
+            for micro in range(4):
+                out_holder.clear()
+                x, y = _batch("mlp", 10 * step + micro)
+                loss = nn.functional.cross_entropy(model(x), y) / 4
+                loss.backward()
+                agn_sq += torch.linalg.vector_norm(out_holder[0].grad.double()).item() ** 2
+                mon.log(loss=loss)
+            ref_norms.append(reference_grad_stats(model, ["0", "2", "4"])["grad_norm"])
+            ref_agn.append(math.sqrt(agn_sq))
+            opt.step()
+    h.remove()
+    run = mon.run
+    steps, gn = run.metric("grad_norm")
+    assert list(steps) == [0, 1, 2]
+    np.testing.assert_allclose(gn, np.stack(ref_norms), rtol=1e-6)
+    np.testing.assert_allclose(run.metric("act_grad_norm")[1][:, 0], ref_agn, rtol=1e-6)
+    # the loss of every micro-batch is kept, each at the step it belongs to
+    lsteps, _ = run.scalar("loss")
+    assert sorted(set(lsteps.tolist())) == [0, 1, 2]
+
+
+def test_tied_weights_are_counted_once() -> None:
+    torch.manual_seed(4)
+    model = Tied()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gg.watch(model, opt) as mon:
+        x = torch.randint(0, 10, (4, 5))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x).reshape(-1, 10), x.reshape(-1)).backward()
+        emb_grad = torch.linalg.vector_norm(model.emb.weight.grad).item()
+        opt.step()
+    names = [lay.name for lay in mon.run.layers]
+    assert sorted(names) == ["emb", "mid"]  # 'out' owns only the tied weight: not a second layer
+    emb = mon.run.layers[names.index("emb")]
+    assert emb.numel == 60
+    assert mon.run.metric("grad_norm")[1][0, names.index("emb")] == pytest.approx(
+        emb_grad, rel=1e-6
+    )
+
+
+def test_frozen_and_sometimes_unused_layers_and_forward_order() -> None:
+    torch.manual_seed(5)
+    model = Branchy()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with gg.watch(model, opt, detail_every=1) as mon:
+        for step in range(4):
+            opt.zero_grad(set_to_none=True)
+            model(torch.randn(3, 4), use_rare=step % 2 == 1).sum().backward()
+            opt.step()
+    run = mon.run
+    names = [lay.name for lay in run.layers]
+    # forward order of the first pass; 'rare' did not run then, so it comes last
+    assert names == ["body", "frozen", "head", "rare"]
+    frozen = run.layers[1]
+    assert frozen.trainable is False
+    _, gn = run.metric("grad_norm")
+    _, wn = run.metric("weight_norm")
+    assert np.isnan(gn[:, 1]).all() and np.isfinite(wn[:, 1]).all()
+    assert np.isnan(gn[[0, 2], 3]).all() and np.isfinite(gn[[1, 3], 3]).all()
+
+
+def test_nonfinite_is_counted_per_layer() -> None:
+    torch.manual_seed(6)
+    model = mlp(depth=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gg.watch(model, opt) as mon:
+        for step in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(
+                model(torch.randn(4, 8)), torch.zeros(4, dtype=torch.long)
+            ).backward()
+            if step == 1:
+                model[2].weight.grad[0, 0] = float("nan")
+                model[2].bias.grad[0] = float("inf")
+            opt.step()
+    _, nf = mon.run.metric("nonfinite")
+    np.testing.assert_array_equal(nf[:2], [[0, 0, 0], [0, 2, 0]])
+    # SGD with lr=0 still computes w - 0 * nan = nan: step 2 sees NaN weights in layer 1 and NaN grads everywhere
+    np.testing.assert_array_equal(nf[2], [2, 4, 2])
+    _, gmax = mon.run.metric("grad_max")
+    assert np.isnan(gmax[1, 1])
+
+
+def test_outputs_bit_identical_with_and_without_watch() -> None:
+    torch.manual_seed(7)
+    a = mlp(depth=4)
+    b = copy.deepcopy(a)
+    oa = torch.optim.Adam(a.parameters(), lr=1e-2)
+    ob = torch.optim.Adam(b.parameters(), lr=1e-2)
+    outs_a, outs_b = [], []
+    for model, opt, outs, watched in ((a, oa, outs_a, False), (b, ob, outs_b, True)):
+        mon = gg.watch(model, opt, config="full") if watched else None
+        for step in range(4):
+            x, y = _batch("mlp", step)
+            out = model(x)
+            outs.append(out.detach().clone())
+            opt.zero_grad()
+            nn.functional.cross_entropy(out, y).backward()
+            opt.step()
+        if mon:
+            mon.close()
+    for oa_, ob_ in zip(outs_a, outs_b):
+        assert torch.equal(oa_, ob_)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def _hook_state(model: nn.Module, opt: torch.optim.Optimizer) -> list:
+    state = []
+    for m in model.modules():
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_forward_hooks_with_kwargs",
+            "_forward_pre_hooks_with_kwargs",
+            "_forward_hooks_always_called",
+        ):
+            state.append(dict(getattr(m, attr, {})))
+    state.append(dict(opt._optimizer_step_pre_hooks))
+    state.append(dict(opt._optimizer_step_post_hooks))
+    return state
+
+
+def test_every_hook_removed_after_close_and_after_exception() -> None:
+    model = mlp(depth=3)
+    model[0].register_forward_hook(lambda m, a, o: None)  # the user's own hook must survive
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = _hook_state(model, opt)
+    mon = gg.watch(model, opt, config="full")
+    assert _hook_state(model, opt) != before
+    model(torch.randn(2, 8)).sum().backward()
+    opt.step()
+    mon.close()
+    assert _hook_state(model, opt) == before
+    with pytest.raises(ZeroDivisionError), gg.watch(model, opt, config="full"):
+        model(torch.randn(2, 8)).sum().backward()
+        raise ZeroDivisionError
+    assert _hook_state(model, opt) == before
+
+
+def test_manual_loop_without_optimizer() -> None:
+    torch.manual_seed(8)
+    model = mlp(depth=3)
+    with gg.watch(model, detail_every=1) as mon:
+        for _ in range(3):
+            model.zero_grad()
+            loss = nn.functional.cross_entropy(
+                model(torch.randn(4, 8)), torch.zeros(4, dtype=torch.long)
+            )
+            loss.backward()
+            before = [p.detach().clone() for p in model[0].parameters()]
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+            after = list(model[0].parameters())
+            ratio = (
+                torch.linalg.vector_norm(
+                    torch.cat([(b - a).flatten() for a, b in zip(after, before)])
+                )
+                / torch.linalg.vector_norm(torch.cat([b.flatten() for b in before]))
+            ).item()
+            mon.step()
+            mon.log(loss=loss)
+    run = mon.run
+    assert list(run.metric("grad_norm")[0]) == [0, 1, 2]
+    assert run.metric("update_ratio")[1][-1, 0] == pytest.approx(ratio, rel=1e-5)
+    assert list(run.scalar("loss")[0]) == [0, 1, 2]
+    with pytest.raises(gg.GradguardError, match="without an optimizer"):
+        gg.watch(model, torch.optim.SGD(model.parameters(), lr=0.1)).step()
+
+
+def test_log_takes_tensors_and_numbers_and_rejects_the_rest() -> None:
+    model = mlp(depth=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gg.watch(model, opt) as mon:
+        mon.log(before_any_step=1)
+        for _ in range(2):
+            loss = model(torch.randn(2, 8)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss, acc=0.5)
+        with pytest.raises(gg.GradguardError, match="shape"):
+            mon.log(bad=torch.ones(3))
+        with pytest.raises(gg.GradguardError, match="number"):
+            mon.log(bad="x")
+    run = mon.run
+    assert list(run.scalar("loss")[0]) == [0, 1]
+    assert list(run.scalar("before_any_step")[0]) == [0]
+    assert run.scalar("acc")[1].tolist() == [0.5, 0.5]
+    assert run.scalar("lr")[1].tolist() == [0.1, 0.1]
