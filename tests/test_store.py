@@ -54,7 +54,7 @@ def test_round_trip_equals_memory(tmp_path: Path) -> None:
     assert list(run.metric("grad_norm")[0]) == list(range(7))
     assert list(run.metric("update_ratio")[0]) == [0, 2, 4, 6]
     (ev,) = [e for e in run.events if e.kind == "note"]
-    assert (ev.step, ev.layer, ev.value, ev.message, ev.data) == (7, "2", 1.5, "hello", {"k": 1})
+    assert (ev.step, ev.layer, ev.value, ev.message, ev.data) == (6, "2", 1.5, "hello", {"k": 1})
     assert run.environment["torch"] == torch.__version__
     assert run.config["watch"]["flush_every"] == 3
 

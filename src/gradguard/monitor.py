@@ -101,6 +101,20 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return to_local() if callable(to_local) else t
 
 
+def _max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """max |x| of each tensor, stacked to float64 ``(P,)``; NaN if a tensor holds NaN.
+
+    ``_foreach_norm(ord=inf)`` takes a slow scalar path on CPU (10 ms on W1's 25 MB of grads vs
+    1.2 ms for ``_foreach_max``), so take max(max(x), -min(x)) instead: two vectorised reads.
+    """
+    foreach_max = getattr(torch, "_foreach_max", None)
+    hi = torch.stack(foreach_max(tensors) if foreach_max else [t.amax() for t in tensors])
+    lo = torch.stack([t.amin() for t in tensors])
+    both = torch.stack([hi.to(torch.float64), lo.to(torch.float64).neg()])
+    # amax ignores nothing: NaN propagates through max/min; keep it explicit for torch.maximum too
+    return torch.where(both.isnan().any(0), math.nan, both.amax(0))
+
+
 def _first_tensor(x: Any) -> torch.Tensor | None:
     if isinstance(x, torch.Tensor):
         return x
@@ -443,7 +457,7 @@ class Monitor:
         if grads:
             lidx, inv, has = self._signature(tuple(present))
             gsq = torch.stack(torch._foreach_norm(grads, 2)).to(torch.float64).square()
-            gmax = torch.stack(torch._foreach_norm(grads, math.inf)).to(torch.float64)
+            gmax = _max_abs(grads)
             sums[0].index_add_(0, lidx, gsq)
             sums[2].index_add_(0, lidx, (~torch.isfinite(gmax)).to(torch.float64))
             maxes[0].scatter_reduce_(0, lidx, gmax, reduce="amax")
@@ -625,8 +639,10 @@ class Monitor:
         """Record an event (a skipped step, a finding, a clip...) at ``step`` (default: the current one)."""
         if isinstance(value, torch.Tensor):
             value = float(value.detach().float().cpu())  # events are rare: a sync here is fine
+        if step is None:  # same attribution as log(): after optimizer.step(), the step just taken
+            step = max(self.step_count - 1 if self._just_stepped else self.step_count, 0)
         ev = Event(
-            step=self.step_count if step is None else step,
+            step=step,
             kind=kind,
             layer=layer,
             value=value,
