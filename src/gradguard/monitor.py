@@ -101,17 +101,35 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return to_local() if callable(to_local) else t
 
 
+_BLAS_DTYPES = (torch.float32, torch.float64)
+
+
+def _sumsq(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of squares of each tensor, stacked to float64 ``(P,)``.
+
+    fp32/fp64 contiguous tensors go through ``vecdot`` (BLAS, vectorised and threaded: ~2x faster
+    than ``_foreach_norm`` on CPU, same fp32-accumulation accuracy); others through ``_foreach_norm``
+    accumulated in fp32 (fp16/bf16 would overflow).
+    """
+    if all(
+        t.dtype in _BLAS_DTYPES and t.is_contiguous() and t.device.type == "cpu" for t in tensors
+    ):
+        flat = [t.view(-1) for t in tensors]
+        return torch.stack([torch.linalg.vecdot(f, f) for f in flat]).to(torch.float64)
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)  # type: ignore[call-arg]
+    return torch.stack(norms).to(torch.float64).square()
+
+
 def _max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
     """max |x| of each tensor, stacked to float64 ``(P,)``; NaN if a tensor holds NaN.
 
-    ``_foreach_norm(ord=inf)`` takes a slow scalar path on CPU (10 ms on W1's 25 MB of grads vs
-    1.2 ms for ``_foreach_max``), so take max(max(x), -min(x)) instead: two vectorised reads.
+    ``_foreach_norm(ord=inf)`` takes a slow scalar path on CPU (10 ms on W1's 25 MB of grads, 8x a
+    read), so take max(max(x), -min(x)) from one ``aminmax`` read per tensor.
     """
-    foreach_max = getattr(torch, "_foreach_max", None)
-    hi = torch.stack(foreach_max(tensors) if foreach_max else [t.amax() for t in tensors])
-    lo = torch.stack([t.amin() for t in tensors])
-    both = torch.stack([hi.to(torch.float64), lo.to(torch.float64).neg()])
-    # amax ignores nothing: NaN propagates through max/min; keep it explicit for torch.maximum too
+    lo_hi = [torch.aminmax(t.reshape(-1)) for t in tensors]
+    lo = torch.stack([m[0] for m in lo_hi]).to(torch.float64)
+    hi = torch.stack([m[1] for m in lo_hi]).to(torch.float64)
+    both = torch.stack([hi, lo.neg()])
     return torch.where(both.isnan().any(0), math.nan, both.amax(0))
 
 
@@ -448,7 +466,7 @@ class Monitor:
                 grads.append(_local(p.grad))
         weights = [_local(p.detach()) for _, p in self._params]
         # (P,) norms of every weight; one batched kernel per norm kind.
-        wsq = torch.stack(torch._foreach_norm(weights, 2)).to(torch.float64).square()
+        wsq = _sumsq(weights)
         sums = torch.zeros(
             (3, L), dtype=torch.float64, device=self.device
         )  # grad sumsq, weight sumsq, nonfinite
@@ -456,7 +474,7 @@ class Monitor:
         maxes = torch.full((1, L), -math.inf, dtype=torch.float64, device=self.device)
         if grads:
             lidx, inv, has = self._signature(tuple(present))
-            gsq = torch.stack(torch._foreach_norm(grads, 2)).to(torch.float64).square()
+            gsq = _sumsq(grads)
             gmax = _max_abs(grads)
             sums[0].index_add_(0, lidx, gsq)
             sums[2].index_add_(0, lidx, (~torch.isfinite(gmax)).to(torch.float64))
@@ -487,11 +505,11 @@ class Monitor:
         assert self._before is not None
         weights = [_local(p.detach()) for _, p in self._params]
         L = len(self.layers)
-        before_sq = torch.stack(torch._foreach_norm(self._before, 2)).to(torch.float64).square()
+        before_sq = _sumsq(self._before)
         torch._foreach_sub_(
             self._before, weights
         )  # in place: before <- before - after (no new memory)
-        diff_sq = torch.stack(torch._foreach_norm(self._before, 2)).to(torch.float64).square()
+        diff_sq = _sumsq(self._before)
         sums = torch.zeros((2, L), dtype=torch.float64, device=self.device)
         sums[0].index_add_(0, self._pidx, diff_sq)
         sums[1].index_add_(0, self._pidx, before_sq)
