@@ -1,0 +1,27 @@
+"""The benchmarks stay runnable: each runs end to end at tiny sizes (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_overhead_benchmark_runs_quick(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| W1 | watch |" in proc.stdout and "| W2 | histc |" in proc.stdout
+    data = json.loads(out.read_text())
+    for name in ("W1", "W2"):
+        med = data["workloads"][name]["median_s"]
+        assert set(med) == {"bare", "bare2", "watch", "grad-only", "item", "histc"}
+        assert all(v > 0 for v in med.values())
