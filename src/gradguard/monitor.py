@@ -244,7 +244,7 @@ class Monitor:
         self._act_modules = [m for m in model.modules() if type(m).__name__ in ACTIVATION_KINDS]
         self._slot_steps: list[int] = []
         self._slot_groups: list[set[str]] = []  # which metric groups each slot holds
-        self._slot_lr: list[float] = []
+        self._slot_lr: list[float | torch.Tensor] = []
         self._slot_of_step: dict[int, int] = {}
         self._before: list[torch.Tensor] | None = None  # weights before the step (update_ratio)
         self._before_step: int | None = None
@@ -382,7 +382,9 @@ class Monitor:
             self._fold_activations(slot)
             self._act_step = None
         if self.optimizer is not None:
-            self._slot_lr[slot] = float(self.optimizer.param_groups[0].get("lr", math.nan))
+            lr = self.optimizer.param_groups[0].get("lr", math.nan)
+            # a tensor lr (capturable optimizers) is copied, not read: reading would be a device sync
+            self._slot_lr[slot] = lr.detach().clone() if isinstance(lr, torch.Tensor) else float(lr)
             if self._before_step == s:  # snapshot now: the weights right before the real update
                 self._snapshot()
 
@@ -729,7 +731,7 @@ class Monitor:
                     batch.metrics[m] = (steps[mask], data[mask, j, :])
             if groups["grad"].any():
                 batch.scalars["grad_norm_total"] = (steps[groups["grad"]], gtotal[groups["grad"]])
-            lr = np.asarray(self._slot_lr)
+            lr = np.asarray([float(x) for x in self._slot_lr])  # tensors: read once, here at flush
             if self.optimizer is not None:
                 batch.scalars["lr"] = (steps, lr)
         for k, vals in self._scalars.items():
