@@ -1,0 +1,71 @@
+"""Classic clipping: by global norm (``Norm``) and by value (``Value``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gradguard.remedies._checks import check_number
+from gradguard.remedies._clipper import Clipper, norm_factor
+from gradguard.remedies._norms import scale_, total_norm
+
+__all__ = ["Norm", "Value"]
+
+
+class Norm(Clipper):
+    """Rescale all gradients together so their global L2 norm is at most ``max_norm``.
+
+    Same result as ``torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)`` on finite
+    gradients (foreach kernels; the norm is accumulated in float32). A non-finite norm leaves the
+    gradients untouched instead of multiplying them by 0 or NaN.
+
+    Args:
+        max_norm: the largest global gradient norm allowed (> 0).
+
+    >>> clipper = Norm(1.0)
+    >>> # loss.backward(); norm = clipper(model.parameters()); optimizer.step()
+    """
+
+    def __init__(self, max_norm: float) -> None:
+        super().__init__()
+        self.max_norm = check_number("max_norm", max_norm, low=0.0, high=None)
+
+    def _clip(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        norm = total_norm(grads)
+        factor = norm_factor(norm, torch.full_like(norm, self.max_norm))
+        scale_(grads, factor)
+        return norm, norm * factor
+
+    def _config(self) -> dict[str, Any]:
+        return {"max_norm": self.max_norm}
+
+
+class Value(Clipper):
+    """Clamp every gradient element into ``[-clip_value, clip_value]``.
+
+    Uses ``torch.nn.utils.clip_grad_value_(..., foreach=True)``. NaN elements stay NaN.
+
+    Args:
+        clip_value: the largest absolute gradient element allowed (> 0).
+
+    >>> clipper = Value(0.5)
+    """
+
+    def __init__(self, clip_value: float) -> None:
+        super().__init__()
+        self.clip_value = check_number("clip_value", clip_value, low=0.0, high=None)
+
+    def _clip(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        norm = total_norm(grads)
+        torch.nn.utils.clip_grad_value_(
+            [p for p in params if p.grad is not None], self.clip_value, foreach=True
+        )
+        return norm, None
+
+    def _config(self) -> dict[str, Any]:
+        return {"clip_value": self.clip_value}

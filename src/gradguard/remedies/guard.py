@@ -1,0 +1,262 @@
+"""``Guard``: skip optimizer steps with a non-finite loss/gradient or a gradient-norm spike.
+
+>>> guard = gg.Guard(model, optimizer, rollback=True)      # doctest: +SKIP
+>>> loss.backward(); stepped = guard.step(loss=loss)        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import statistics
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradguard.errors import GradguardError
+from gradguard.remedies._checks import check_module, check_number, check_optimizer
+from gradguard.remedies._guard_event import GuardEvent
+from gradguard.remedies._norms import total_norm
+from gradguard.remedies.locate import locate_nonfinite
+
+__all__ = ["Guard", "GuardEvent"]
+
+
+class Guard:
+    """Call ``guard.step()`` instead of ``optimizer.step()``; bad steps are skipped.
+
+    A step is bad when the loss (if given) or any gradient is NaN/Inf, or when the global
+    gradient norm is a spike: its robust z-score ``(norm - median) / (1.4826 * MAD)`` against
+    the last ``history`` good norms exceeds ``max_norm_z`` (checked after ``warmup`` good
+    steps; the scale is floored at 1% of the median). A bad step is not taken, a
+    :class:`GuardEvent` is appended to ``guard.events`` (and sent to ``monitor.event`` when
+    attached through ``gg.watch(..., guard=guard)``), and with ``rollback=True`` the model and
+    optimizer go back to the last snapshot (deep copies on the device, taken at start and
+    every ``snapshot_every`` good steps) and every param group's learning rate is multiplied
+    by ``lr_backoff``. On the first non-finite event, if the batch was passed, the guard
+    replays it with :func:`~gradguard.locate_nonfinite` and puts the location in the event.
+
+    Cost: one host sync per step (the norm and loss are read together to decide), as
+    torch.amp.GradScaler does; the norm is one foreach pass over the gradients.
+
+    With ``scaler=`` (a ``torch.amp.GradScaler``): pass the *unscaled* loss; ``guard.step()``
+    replaces ``scaler.step(optimizer); scaler.update()`` and unscales first if you did not. A
+    step the scaler skips for overflow (its scale decreases) is not recorded a second time.
+
+    Args:
+        model: the trained model.
+        optimizer: its optimizer.
+        max_norm_z: robust z-score above which a gradient norm is a spike (None: no check).
+        history: how many past good norms the z-score uses.
+        warmup: good steps before spikes are checked.
+        rollback: restore the last snapshot (and back the learning rate off) on a bad step.
+        snapshot_every: good steps between snapshots (rollback only).
+        lr_backoff: factor in (0, 1] applied to every learning rate on rollback.
+        scaler: a GradScaler to drive (see above).
+        loss_fn: ``loss_fn(output, target)`` used to replay a batch for locate_nonfinite.
+        locate: replay the batch on the first non-finite event (needs ``inputs``/``batch``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        max_norm_z: float | None = 10.0,
+        history: int = 100,
+        warmup: int = 20,
+        rollback: bool = False,
+        snapshot_every: int = 100,
+        lr_backoff: float = 0.5,
+        scaler: Any = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        locate: bool = True,
+    ) -> None:
+        self.model = check_module(model, "Guard")
+        self.optimizer = check_optimizer(optimizer, "Guard")
+        self.max_norm_z = (
+            None if max_norm_z is None else check_number("max_norm_z", max_norm_z, low=0.0)
+        )
+        history = int(check_number("history", history, low=2, low_inclusive=True, integer=True))
+        self.warmup = int(check_number("warmup", warmup, low=0, low_inclusive=True, integer=True))
+        self.snapshot_every = int(
+            check_number("snapshot_every", snapshot_every, low=1, low_inclusive=True, integer=True)
+        )
+        self.lr_backoff = check_number("lr_backoff", lr_backoff, low=0.0, high=1.0)
+        if scaler is not None and not all(
+            callable(getattr(scaler, a, None)) for a in ("unscale_", "step", "update", "get_scale")
+        ):
+            raise GradguardError(
+                f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}; "
+                "pass scaler=torch.amp.GradScaler(...) or leave it out"
+            )
+        if loss_fn is not None and not callable(loss_fn):
+            raise GradguardError(
+                f"loss_fn must be callable, got {type(loss_fn).__name__}; pass e.g. F.mse_loss"
+            )
+        self.rollback = bool(rollback)
+        self.scaler = scaler
+        self.loss_fn = loss_fn
+        self.locate = locate
+        self.events: list[GuardEvent] = []
+        self.steps = 0  # guard.step() calls
+        self.good_steps = 0
+        self.scaler_skips = 0  # steps the GradScaler skipped for overflow (not events)
+        self._norms: deque[float] = deque(maxlen=history)  # good norms, on the host
+        self._params = [p for p in model.parameters()]
+        self._named = [(n, p) for n, p in model.named_parameters()]
+        self._located = False
+        self.locate_error: str | None = None  # why locate_nonfinite failed, if it did
+        self._monitor: Any = None
+        self._snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+        self.snapshot_step: int | None = None  # good_steps when the snapshot was taken
+        if self.rollback:
+            self.take_snapshot()
+
+    def attach(self, monitor: Any) -> None:
+        """Send events to ``monitor.event`` too (called by ``gg.watch(..., guard=guard)``)."""
+        self._monitor = monitor
+
+    def take_snapshot(self) -> None:
+        """Deep-copy the model state and optimizer state (on their devices) as the rollback point."""
+        model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._snapshot = (model_state, copy.deepcopy(self.optimizer.state_dict()))
+        self.snapshot_step = self.good_steps
+
+    def step(
+        self,
+        loss: torch.Tensor | float | None = None,
+        *,
+        inputs: Any = None,
+        target: Any = None,
+        batch: Any = None,
+    ) -> bool:
+        """Take the optimizer step if the gradients are sound; return False if it was skipped.
+
+        Args:
+            loss: this step's (unscaled) loss, checked for NaN/Inf.
+            inputs: this step's model input, used to locate a NaN/Inf's origin.
+            target: this step's target (passed to ``loss_fn`` when locating).
+            batch: ``(inputs, target)`` in one tuple, instead of the two above.
+
+        Returns:
+            True if ``optimizer.step()`` ran (and the scaler did not skip it), else False.
+        """
+        if batch is not None:
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise GradguardError(
+                    "guard.step(batch=...) expects (inputs, target); pass inputs=... and target=... otherwise"
+                )
+            inputs, target = batch
+        if self.scaler is not None:
+            with contextlib.suppress(RuntimeError):  # raised if the user already unscaled
+                self.scaler.unscale_(self.optimizer)
+        norm, loss_v = self._measure(loss)
+        kind, z = self._judge(norm, loss_v)
+        idx = self.steps
+        self.steps += 1
+        if kind is None:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self._norms.append(norm)
+            self.good_steps += 1
+            if self.rollback and self.good_steps - (self.snapshot_step or 0) >= self.snapshot_every:
+                self.take_snapshot()
+            return True
+        if self.scaler is not None:
+            before = float(self.scaler.get_scale())
+            self.scaler.update()  # no scaler.step: the optimizer must not see these gradients
+            if kind == "nonfinite_grad" and float(self.scaler.get_scale()) < before:
+                self.scaler_skips += 1  # the scaler's own overflow skip: not an event
+                return False
+        self._record(idx, kind, norm, z, loss_v, inputs, target)
+        return False
+
+    def _measure(self, loss: torch.Tensor | float | None) -> tuple[float, float | None]:
+        """The gradient norm and the loss, read in one host sync."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        norm = total_norm(grads)
+        if loss is None:
+            return float(norm), None  # the one sync of this step
+        lt = loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+        lt = lt.detach().float().sum().to(norm.device)
+        n, lv = torch.stack([norm, lt]).tolist()  # the one sync of this step
+        return n, lv
+
+    def _judge(self, norm: float, loss: float | None) -> tuple[str | None, float | None]:
+        if loss is not None and not _finite(loss):
+            return "nonfinite_loss", None
+        if not _finite(norm):
+            return "nonfinite_grad", None
+        if self.max_norm_z is None or len(self._norms) < max(self.warmup, 2):
+            return None, None
+        hist = list(self._norms)
+        med = statistics.median(hist)
+        mad = statistics.median(abs(x - med) for x in hist)
+        z = (norm - med) / max(1.4826 * mad, 0.01 * abs(med), 1e-12)
+        return ("grad_spike", z) if z > self.max_norm_z else (None, z)
+
+    def _first_bad_layer(self) -> str | None:
+        for name, p in self._named:
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                return name.rsplit(".", 1)[0] if "." in name else "(root)"
+        return None
+
+    def _record(
+        self,
+        idx: int,
+        kind: str,
+        norm: float,
+        z: float | None,
+        loss: float | None,
+        inputs: Any,
+        target: Any,
+    ) -> None:
+        layer = self._first_bad_layer() if kind == "nonfinite_grad" else None
+        where = None
+        if kind != "grad_spike" and self.locate and not self._located and inputs is not None:
+            self._located = True
+            try:
+                where = locate_nonfinite(self.model, inputs, self.loss_fn, target)
+            except GradguardError as e:  # never break the training loop over a diagnosis
+                self.locate_error = str(e)
+        msg = {
+            "nonfinite_loss": f"loss is {loss}",
+            "nonfinite_grad": f"gradient norm is {norm}" + (f", first in {layer}" if layer else ""),
+            "grad_spike": f"gradient norm {norm:.4g} has robust z-score {z or 0:.1f} > {self.max_norm_z:g}",
+        }[kind]
+        lr = None
+        if self.rollback and self._snapshot is not None:
+            lr = self._roll_back()
+        ev = GuardEvent(idx, kind, msg, norm, z, loss, layer, lr is not None, lr, where)
+        self.events.append(ev)
+        if self._monitor is not None:
+            self._monitor.event(
+                "guard_skip",
+                f"{kind}: {msg}",
+                layer=layer,
+                value=norm if _finite(norm) else None,
+                data=ev.to_data(),
+            )
+
+    def _roll_back(self) -> tuple[float, ...]:
+        """Restore the snapshot, then multiply each group's current learning rate by the backoff."""
+        assert self._snapshot is not None
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        model_state, opt_state = self._snapshot
+        self.model.load_state_dict(model_state)
+        # a deep copy: the optimizer updates its state in place, the snapshot must survive that
+        self.optimizer.load_state_dict(copy.deepcopy(opt_state))
+        for g, lr in zip(self.optimizer.param_groups, lrs):
+            g["lr"] = lr * self.lr_backoff
+        return tuple(float(g["lr"]) for g in self.optimizer.param_groups)
+
+
+def _finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
