@@ -1,0 +1,13 @@
+"""Diagnosis: from recorded statistics to findings with evidence, cause and ranked remedies.
+
+>>> import gradguard as gg
+>>> for f in gg.diagnose(gg.load("runs/exp.db")):   # doctest: +SKIP
+...     print(f)
+"""
+
+from __future__ import annotations
+
+from gradguard.diagnosis.finding import Finding, Remedy, Severity
+from gradguard.diagnosis.knowledge import remedies_for
+
+__all__ = ["Finding", "Severity", "Remedy", "remedies_for"]

@@ -1,0 +1,607 @@
+"""The remedies knowledge base: which technique helps against which finding, ranked by evidence.
+
+Every technique practitioners are taught against vanishing and exploding gradients is one
+:class:`Technique` in :data:`TECHNIQUES` (a name and a one-line how-to in gradguard or torch).
+:func:`remedies_for` turns a finding kind plus what is known about the model (activation,
+saturation, learning rate, recurrence, normalisation, residuals, depth, optimizer, spikes) into a
+ranked tuple of :class:`~gradguard.diagnosis.finding.Remedy`, best first, each with a *why* that
+fits the evidence: a sigmoid net that saturates gets "change the activation" first; a spike at a
+high learning rate gets clipping and a lower learning rate first; dead ReLUs get Leaky ReLU, a
+lower learning rate and He init.
+
+>>> [r.name for r in remedies_for("vanishing_gradients", activation="sigmoid", saturation=True)][:2]
+['ReLU-family activation', 'residual (skip) connections']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gradguard.diagnosis.finding import Remedy
+from gradguard.errors import ConfigError
+
+__all__ = [
+    "Technique",
+    "Context",
+    "TECHNIQUES",
+    "KINDS",
+    "remedies_for",
+    "activation_family",
+]
+
+
+@dataclass(frozen=True)
+class Technique:
+    """One remedy a practitioner can apply: a short name and a one-line how-to."""
+
+    key: str
+    name: str
+    how: str
+
+
+_T = Technique
+TECHNIQUES: dict[str, Technique] = {
+    t.key: t
+    for t in (
+        _T(
+            "relu_family",
+            "ReLU-family activation",
+            "replace nn.Sigmoid()/nn.Tanh() by nn.ReLU(), nn.LeakyReLU(0.01), nn.ELU() or nn.GELU()",
+        ),
+        _T(
+            "leaky_relu",
+            "Leaky ReLU / ELU / GELU",
+            "replace nn.ReLU() by nn.LeakyReLU(0.01) (or nn.ELU(), nn.GELU())",
+        ),
+        _T("he_init", "He (Kaiming) initialisation", 'gg.init_(model, "he")'),
+        _T("xavier_init", "Xavier (Glorot) initialisation", 'gg.init_(model, "xavier")'),
+        _T("orthogonal_init", "orthogonal initialisation", 'gg.init_(model, "orthogonal")'),
+        _T("lsuv_init", "LSUV initialisation", 'gg.init_(model, "lsuv", data=batch)'),
+        _T(
+            "batchnorm",
+            "BatchNorm",
+            "insert nn.BatchNorm1d(d) (nn.BatchNorm2d(c) for convs) between each layer and its activation",
+        ),
+        _T(
+            "layernorm",
+            "LayerNorm",
+            "insert nn.LayerNorm(d) at the input of each block (pre-norm)",
+        ),
+        _T(
+            "residual",
+            "residual (skip) connections",
+            "make each block compute x = x + block(x) (widths must match)",
+        ),
+        _T(
+            "gated_rnn",
+            "LSTM/GRU instead of a vanilla RNN",
+            "nn.LSTM(input_size, hidden_size) or nn.GRU(input_size, hidden_size) in place of nn.RNN",
+        ),
+        _T(
+            "clip_norm",
+            "gradient norm clipping",
+            "norm = gg.clip.Norm(1.0)(model.parameters()) between backward() and opt.step()",
+        ),
+        _T(
+            "clip_value",
+            "gradient value clipping",
+            "gg.clip.Value(0.5)(model.parameters()) between backward() and opt.step()",
+        ),
+        _T(
+            "clip_adaptive",
+            "adaptive clipping (AutoClip / ZClip / AGC)",
+            "gg.clip.AutoClip(), gg.clip.ZClip() or gg.clip.AGC() in place of a fixed threshold",
+        ),
+        _T(
+            "lower_lr",
+            "a lower learning rate",
+            "divide lr by 3-10: for g in opt.param_groups: g['lr'] *= 0.1",
+        ),
+        _T(
+            "lr_warmup",
+            "learning-rate warm-up",
+            "torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=1000)",
+        ),
+        _T(
+            "raise_lr",
+            "a larger learning rate",
+            "multiply lr by 3-10 (or run a learning-rate range test) while the loss still falls",
+        ),
+        _T(
+            "adaptive_optimizer",
+            "an adaptive optimizer (Adam, RMSprop, Adagrad)",
+            "torch.optim.Adam(model.parameters(), lr=1e-3) (or RMSprop, Adagrad)",
+        ),
+        _T(
+            "weight_decay",
+            "L2 weight decay",
+            "torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)",
+        ),
+        _T(
+            "less_depth",
+            "fewer layers",
+            "drop layers until the gradient reaches the first one, then add them back with the fixes above",
+        ),
+        _T(
+            "guard",
+            "skip bad steps",
+            "guard = gg.Guard(model, opt); call guard.step() instead of opt.step()",
+        ),
+        _T(
+            "locate",
+            "locate the first non-finite operation",
+            "print(gg.locate_nonfinite(model, x, loss_fn, y)) on the failing batch",
+        ),
+        _T(
+            "stable_numerics",
+            "numerically stable operations",
+            "use nn.BCEWithLogitsLoss / F.log_softmax, add eps to divisions, logs and sqrt; "
+            "torch.amp.GradScaler under fp16",
+        ),
+    )
+}
+
+# Activation families by normalised class name ("nn.LeakyReLU" -> "leakyrelu").
+_SATURATING = {"sigmoid", "tanh", "hardtanh", "hardsigmoid", "softsign", "logsigmoid", "tanhshrink"}
+_DYING = {"relu", "relu6"}  # can die: zero output and zero gradient for negative inputs
+_RELU_LIKE = _DYING | {
+    "leakyrelu",
+    "prelu",
+    "rrelu",
+    "elu",
+    "selu",
+    "celu",
+    "gelu",
+    "silu",
+    "swish",
+    "mish",
+    "softplus",
+    "hardswish",
+}
+
+
+def activation_family(activation: str | None) -> str | None:
+    """``"saturating"``, ``"dying"`` (ReLU, ReLU6), ``"relu_like"`` or None (unknown / none).
+
+    >>> activation_family("nn.Sigmoid"), activation_family("LeakyReLU"), activation_family(None)
+    ('saturating', 'relu_like', None)
+    """
+    if not activation:
+        return None
+    key = "".join(ch for ch in str(activation).split(".")[-1].lower() if ch.isalnum())
+    if key in _SATURATING:
+        return "saturating"
+    if key in _DYING:
+        return "dying"
+    if key in _RELU_LIKE:
+        return "relu_like"
+    return None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What is known about the model and the run (every field optional)."""
+
+    activation: str | None = None  # activation class name after the layers, e.g. "sigmoid"
+    saturation: bool = False  # tanh/sigmoid outputs found at their bounds
+    high_lr: bool = False  # the learning rate is large for this model/optimizer
+    recurrent: bool = False  # a vanilla RNN (or unrolled recurrence)
+    has_norm: bool = False  # BatchNorm/LayerNorm present
+    has_residual: bool = False  # skip connections present
+    depth: int | None = None  # number of weight layers
+    optimizer: str | None = None  # optimizer class name, e.g. "SGD", "Adam"
+    spike: bool = False  # the gradient norm or loss jumped suddenly
+
+    @property
+    def family(self) -> str | None:
+        return activation_family(self.activation)
+
+    @property
+    def act_name(self) -> str:
+        return str(self.activation).split(".")[-1] if self.activation else "the activation"
+
+    @property
+    def deep(self) -> bool:
+        return self.depth is None or self.depth >= 8
+
+    @property
+    def adaptive_opt(self) -> bool:
+        opt = (self.optimizer or "").lower()
+        return any(
+            k in opt for k in ("adam", "rmsprop", "adagrad", "adadelta", "lion", "adafactor")
+        )
+
+    def init_key(self) -> str:
+        """The initialisation that matches the activation."""
+        if self.recurrent:
+            return "orthogonal_init"
+        return "xavier_init" if self.family == "saturating" else "he_init"
+
+
+_Ranked = list[tuple[str, str]]  # (technique key, why it helps here), best first
+
+
+def _init_why(c: Context) -> str:
+    if c.recurrent:
+        return "an orthogonal recurrent matrix keeps every singular value at 1, so the signal neither shrinks nor grows over time steps"
+    if c.family == "saturating":
+        return f"Var(W) = 2/(fan_in + fan_out) keeps the signal's variance through {c.act_name} layers, near their linear range"
+    return "Var(W) = 2/fan_in keeps the signal's variance constant through ReLU layers, forward and backward"
+
+
+def _norm_key(c: Context) -> str:
+    return "layernorm" if c.recurrent else "batchnorm"
+
+
+def _vanishing(c: Context) -> _Ranked:
+    r: _Ranked = []
+    if c.family == "saturating" or c.saturation:
+        r.append(
+            (
+                "relu_family",
+                f"{c.act_name}'s derivative is at most {'0.25' if 'sigmoid' in c.act_name.lower() else '1'} "
+                "and near 0 where it saturates, so each layer multiplies the gradient by a small factor; "
+                "ReLU passes gradient 1 through every active unit",
+            )
+        )
+    if c.recurrent:
+        r.append(
+            (
+                "gated_rnn",
+                "the gated cell state carries gradient across time steps additively instead of through a product of Jacobians",
+            )
+        )
+    if not c.has_residual and c.deep:
+        r.append(
+            (
+                "residual",
+                "the identity path hands the gradient to early layers unattenuated, whatever the blocks do",
+            )
+        )
+    r.append((c.init_key(), _init_why(c)))
+    if not c.has_norm:
+        r.append(
+            (
+                _norm_key(c),
+                "re-standardising pre-activations keeps each layer in its high-gradient range",
+            )
+        )
+    r.append(
+        (
+            "lsuv_init",
+            "rescales each layer on a real batch until its output variance is 1, whatever the architecture",
+        )
+    )
+    if c.family is None and not c.saturation:
+        r.append(
+            (
+                "relu_family",
+                "saturating activations shrink the gradient at every layer; ReLU-family ones do not",
+            )
+        )
+    if not c.adaptive_opt:
+        r.append(
+            (
+                "adaptive_optimizer",
+                "per-parameter step sizes let early layers move although their gradients are tiny (it hides, not cures, the decay)",
+            )
+        )
+    if c.depth is not None and c.depth >= 10:
+        r.append(("less_depth", f"{c.depth} layers multiply {c.depth} per-layer factors together"))
+    return r
+
+
+def _exploding(c: Context) -> _Ranked:
+    r: _Ranked = []
+    clip_why = "caps the update size when the gradient norm jumps, so one bad batch cannot wreck the weights"
+    lr_why = "the step is lr x gradient: a smaller lr keeps the weights out of the region where the gradient blows up"
+    if c.spike or c.high_lr or c.recurrent:
+        r.append(("clip_norm", clip_why))
+        r.append(("lower_lr", lr_why))
+    if c.recurrent:
+        r.append(
+            (
+                "gated_rnn",
+                "gates bound the cell's Jacobian, so the product over time steps cannot grow without limit",
+            )
+        )
+    r.append(
+        (
+            c.init_key(),
+            _init_why(c) + "; the weights are too large for a stable signal"
+            if not c.recurrent
+            else _init_why(c),
+        )
+    )
+    if not c.has_norm:
+        r.append(
+            (
+                _norm_key(c),
+                "normalisation divides out the growth of activation scale at each layer",
+            )
+        )
+    if not (c.spike or c.high_lr or c.recurrent):
+        r.append(("clip_norm", clip_why))
+        r.append(("lower_lr", lr_why))
+    r.append(
+        (
+            "clip_adaptive",
+            "sets the clipping threshold from the run's own recent gradient norms (AGC: per unit, relative to the weights)",
+        )
+    )
+    r.append(
+        (
+            "clip_value",
+            "bounds every gradient entry (cruder than norm clipping: it changes the direction)",
+        )
+    )
+    r.append(("lsuv_init", "rescales each layer on a real batch until its output variance is 1"))
+    r.append(
+        (
+            "weight_decay",
+            "pulls growing weights back, and with them the per-layer gain that multiplies the gradient",
+        )
+    )
+    if not c.adaptive_opt:
+        r.append(
+            (
+                "adaptive_optimizer",
+                "divides each step by the gradient's running RMS, so a spike does not make a huge step",
+            )
+        )
+    r.append(
+        (
+            "guard",
+            "skips the optimizer step when the gradient is non-finite or an outlier, keeping the weights intact",
+        )
+    )
+    if c.depth is not None and c.depth >= 10:
+        r.append(("less_depth", f"{c.depth} layers multiply {c.depth} per-layer gains together"))
+    return r
+
+
+def _nonfinite(c: Context) -> _Ranked:
+    r: _Ranked = [
+        (
+            "locate",
+            "replays the batch and names the first module whose output or gradient is NaN/Inf",
+        )
+    ]
+    first = [
+        (
+            "lower_lr",
+            "overflow after a few large steps usually means the learning rate is too high",
+        ),
+        ("clip_norm", "stops one huge gradient from throwing the weights to Inf"),
+    ]
+    if c.high_lr or c.spike:
+        r += first
+    r.append(
+        (
+            "guard",
+            "skips steps whose gradient is NaN/Inf so one bad batch does not poison the weights",
+        )
+    )
+    r.append(
+        (
+            "stable_numerics",
+            "log(0), x/0, exp overflow and fp16 overflow are the usual sources of NaN",
+        )
+    )
+    if not (c.high_lr or c.spike):
+        r += first
+    r.append(
+        (
+            "clip_adaptive",
+            "clips outliers relative to the run's own gradient history",
+        )
+    )
+    return r
+
+
+def _saturation(c: Context) -> _Ranked:
+    r: _Ranked = [
+        (
+            "relu_family",
+            f"saturated {c.act_name} units pass almost no gradient; ReLU-family units do not saturate for positive inputs",
+        ),
+        (
+            c.init_key() if c.family == "saturating" else "xavier_init",
+            "smaller initial weights keep pre-activations in the linear range of the activation",
+        ),
+    ]
+    if not c.has_norm:
+        r.append(
+            (
+                _norm_key(c),
+                "normalising pre-activations keeps them near zero, away from the flat tails",
+            )
+        )
+    r.append(
+        (
+            "lower_lr",
+            "large steps push the weights, and with them the pre-activations, into the tails",
+        )
+    )
+    if c.high_lr:
+        r.insert(1, r.pop())
+    r.append(("lsuv_init", "sets each layer's output variance to 1 on a real batch"))
+    r.append(("weight_decay", "keeps the weights, and hence the pre-activations, small"))
+    return r
+
+
+def _dead_units(c: Context) -> _Ranked:
+    lr = (
+        "lower_lr",
+        "a large step can push a unit's bias so negative that it never activates again",
+    )
+    r: _Ranked = [
+        (
+            "leaky_relu",
+            "a small negative slope keeps a gradient flowing through inactive units, so they can recover",
+        )
+    ]
+    if c.high_lr or c.spike:
+        r.insert(0, lr)
+    else:
+        r.append(lr)
+    r.append(
+        (
+            "he_init",
+            "Var(W) = 2/fan_in starts every layer with half of its units active",
+        )
+    )
+    if not c.has_norm:
+        r.append(
+            (
+                "batchnorm",
+                "centres pre-activations, so about half of the units are active on every batch",
+            )
+        )
+    r.append(("clip_norm", "stops a single huge update from killing many units at once"))
+    r.append(("lsuv_init", "sets each layer's output variance to 1 on a real batch"))
+    return r
+
+
+def _stalled(c: Context) -> _Ranked:
+    r: _Ranked = []
+    if c.high_lr:
+        r.append(
+            (
+                "lower_lr",
+                "a learning rate far too high can also make the loss bounce at a plateau",
+            )
+        )
+    else:
+        r.append(
+            (
+                "raise_lr",
+                "the loss is flat: the steps may simply be too small to make progress",
+            )
+        )
+    if not c.adaptive_opt:
+        r.append(
+            (
+                "adaptive_optimizer",
+                "per-parameter step sizes make progress where the gradient is small",
+            )
+        )
+    if c.family == "saturating" or c.saturation:
+        r.append(
+            ("relu_family", f"saturated {c.act_name} units pass almost no gradient to learn from")
+        )
+    r.append((c.init_key(), _init_why(c)))
+    if not c.has_norm:
+        r.append(
+            (_norm_key(c), "keeps every layer in its high-gradient range, so all of them learn")
+        )
+    if not c.has_residual and c.deep:
+        r.append(("residual", "gives early layers a direct gradient path from the loss"))
+    return r
+
+
+def _divergence(c: Context) -> _Ranked:
+    r: _Ranked = [
+        (
+            "lower_lr",
+            "a rising or oscillating loss is the signature of steps that overshoot the minimum",
+        ),
+        ("clip_norm", "bounds the step when the gradient jumps"),
+        (
+            "lr_warmup",
+            "small steps at first let the weights reach a region where large steps are stable",
+        ),
+    ]
+    if c.spike:
+        r[0], r[1] = r[1], r[0]
+    r.append(("clip_adaptive", "clips relative to the run's own recent gradient norms"))
+    r.append(("guard", "skips outlier steps so one bad batch does not undo the training"))
+    r.append(("weight_decay", "keeps the weights from drifting to large norms"))
+    if not c.has_norm:
+        r.append(
+            (
+                _norm_key(c),
+                "normalisation makes the loss surface smoother, so larger steps are stable",
+            )
+        )
+    return r
+
+
+_RANKERS: dict[str, Callable[[Context], _Ranked]] = {
+    "vanishing_gradients": _vanishing,
+    "exploding_gradients": _exploding,
+    "nonfinite": _nonfinite,
+    "saturation": _saturation,
+    "dead_units": _dead_units,
+    "stalled_learning": _stalled,
+    "divergence": _divergence,
+    "healthy": lambda c: [],
+}
+KINDS: tuple[str, ...] = tuple(_RANKERS)
+_ALIASES = {
+    "vanishing": "vanishing_gradients",
+    "exploding": "exploding_gradients",
+    "nan": "nonfinite",
+    "non_finite": "nonfinite",
+    "saturated": "saturation",
+    "dead_relu": "dead_units",
+    "dead": "dead_units",
+    "stalled": "stalled_learning",
+    "diverging": "divergence",
+}
+
+
+def remedies_for(kind: str, **context: Any) -> tuple[Remedy, ...]:
+    """Ranked remedies for a finding kind, best first, each with a *why* that fits the context.
+
+    Args:
+        kind: a finding kind (one of :data:`KINDS`; "vanishing", "exploding", "nan", "dead",
+            "stalled" and "diverging" are accepted as short forms).
+        **context: what is known, every key optional: ``activation`` (str, e.g. "sigmoid",
+            "Tanh", "nn.ReLU"), ``saturation`` (bool), ``high_lr`` (bool), ``recurrent``
+            (bool), ``has_norm`` (bool), ``has_residual`` (bool), ``depth`` (int),
+            ``optimizer`` (str, e.g. "SGD"), ``spike`` (bool).
+
+    Returns:
+        A tuple of :class:`~gradguard.diagnosis.finding.Remedy`, each technique at most once;
+        empty for "healthy".
+
+    Raises:
+        ConfigError: an unknown kind or context key.
+
+    >>> remedies_for("exploding", spike=True, high_lr=True)[0].how
+    'norm = gg.clip.Norm(1.0)(model.parameters()) between backward() and opt.step()'
+    """
+    key = _ALIASES.get(str(kind), str(kind))
+    if key not in _RANKERS:
+        raise ConfigError(
+            f"remedies_for: unknown finding kind {kind!r}; use one of {', '.join(KINDS)}"
+        )
+    known = Context.__dataclass_fields__
+    unknown = sorted(set(context) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"remedies_for: unknown context key(s) {unknown}; known keys: {', '.join(known)}"
+        )
+    ctx = Context(
+        activation=None if context.get("activation") is None else str(context["activation"]),
+        saturation=bool(context.get("saturation")),
+        high_lr=bool(context.get("high_lr")),
+        recurrent=bool(context.get("recurrent")),
+        has_norm=bool(context.get("has_norm")),
+        has_residual=bool(context.get("has_residual")),
+        depth=None if context.get("depth") is None else int(context["depth"]),
+        optimizer=None if context.get("optimizer") is None else str(context["optimizer"]),
+        spike=bool(context.get("spike")),
+    )
+    out: list[Remedy] = []
+    seen: set[str] = set()
+    for tech_key, why in _RANKERS[key](ctx):
+        if tech_key in seen:
+            continue
+        seen.add(tech_key)
+        t = TECHNIQUES[tech_key]
+        out.append(Remedy(name=t.name, why=why, how=t.how))
+    return tuple(out)
