@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -235,3 +236,48 @@ def test_predict_layers_inputs():
         gg.theory.predict_layers([], "relu", q0=1.0)
     with pytest.raises(GradguardError):
         gg.theory.predict_layers([("a", "b", "c")], "relu", q0=1.0)
+
+
+# ---- CLI -------------------------------------------------------------------------------------------
+
+
+def test_cli_theory_table_and_json(capsys):
+    from gradguard.cli import main
+
+    assert main(["theory", "tanh", "--sigma-w2", "1.5", "--sigma-b2", "0.05"]) == 0
+    out = capsys.readouterr().out
+    mf = gg.theory.mean_field("tanh", 1.5, 0.05)
+    assert "ordered" in out and f"{mf.chi_1:.6g}" in out and "critical_sigma_w2" in out
+    assert main(["theory", "relu", "--sigma-w2", "2.5", "--sigma-b2", "0.1", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["q_star"] == "inf" and data["chi_1"] == pytest.approx(1.25)
+    assert data["critical_sigma_w2"] == pytest.approx(2.0) and data["note"]
+    assert (
+        main(["theory", "leaky_relu", "--negative-slope", "0.2", "--sigma-w2", "1", "--json"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["chi_1"] == pytest.approx(0.5 * (1 + 0.04))
+
+
+def test_cli_theory_plot(tmp_path, capsys):
+    from gradguard.cli import main
+
+    png = tmp_path / "phase.png"
+    assert main(["theory", "relu", "--sigma-w2", "2", "--plot", str(png), "--json"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(capsys.readouterr().out)["plot"] == str(png)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["theory", "swish2"], "unknown activation"),
+        (["theory", "tanh", "--sigma-w2", "-1"], ">= 0"),
+        (["theory", "tanh", "--sigma-b2", "-0.1"], ">= 0"),
+    ],
+)
+def test_cli_theory_bad_input_exit_2(capsys, argv, message):
+    from gradguard.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gradguard: error: ") and message in err
