@@ -67,7 +67,7 @@ class AGC(Clipper):
         self, params: list[torch.Tensor], grads: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         g_units = _unit_norms_all(grads)
-        w_units = _unit_norms_all([p.detach() for p in params if p.grad is not None])
+        w_units = _unit_norms_all([p for p in params if p.grad is not None])  # under no_grad
         # one flat vector of unit norms: the decision is a few kernels, not a few per tensor
         g_flat = torch.cat([u.view(-1) for u in g_units])  # (units,)
         w_flat = torch.cat([u.view(-1) for u in w_units])

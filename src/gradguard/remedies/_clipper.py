@@ -30,6 +30,7 @@ class Clipper:
         """
         self._monitor = monitor
 
+    @torch.no_grad()
     def __call__(self, parameters: Any) -> torch.Tensor:
         """Clip the gradients of ``parameters`` in place.
 
