@@ -279,3 +279,27 @@ def test_report_renders_and_serialises():
     console.print(report)
     out = console.export_text()
     assert "gradguard check" in out and "Linear" in out and report.verdict in out
+
+
+def test_nonfinite_at_init_is_critical():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(3e38)  # x @ W overflows float32
+    report = gg.check(model, torch.rand(4, 8) + 1.0)
+    assert report.findings[0].kind == "nonfinite"
+    assert report.findings[0].severity == gg.Severity.CRITICAL
+    assert report.verdict == "exploding"
+
+
+def test_tuple_output_and_dict_input():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x, scale=1.0):
+            return self.fc(x) * scale, "extra"
+
+    report = gg.check(Net(), {"x": torch.randn(4, 6), "scale": 2.0})
+    assert report.layers[0].name == "fc" and report.jacobian is None
+    assert report.layers[0].act_grad_norm == pytest.approx(2.0, rel=1e-5)  # d<y*2, u>/d fc = 2u
