@@ -309,3 +309,23 @@ def test_watch_with_clip_stores_norm_before_and_after() -> None:
     assert list(steps) == [0, 1, 2, 3, 4]
     assert np.all(before > 0.05)  # this model's gradients exceed the limit
     np.testing.assert_allclose(after, 0.05, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make", [lambda: AutoClip(25, history=5), lambda: ZClip(warmup=3)])
+def test_state_dict_resume_matches_uninterrupted(make) -> None:
+    a, b = make(), make()
+    for s in range(6):
+        a(make_params(torch.float32, seed=s, scale=1 + s))
+    state = a.state_dict()
+    b.load_state_dict(state)
+    for s in range(6, 10):  # a spike included: both must clip it the same way
+        pa, pb = (
+            make_params(torch.float32, seed=s, scale=50.0 if s == 8 else 1.0),
+            make_params(torch.float32, seed=s, scale=50.0 if s == 8 else 1.0),
+        )
+        a(pa)
+        b(pb)
+        for x, y in zip(pa, pb):
+            torch.testing.assert_close(x.grad, y.grad)
+    with pytest.raises(GradguardError, match="same clipper class"):
+        Norm(1.0).load_state_dict(state)

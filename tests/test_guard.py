@@ -182,6 +182,8 @@ def test_bad_input_names_the_fix(kw, match) -> None:
     guard = gg.Guard(model, torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(GradguardError, match="inputs, target"):
         guard.step(batch=torch.ones(2))
+    with pytest.raises(GradguardError, match="pass the loss tensor"):
+        guard.step(loss="0.3")
 
 
 def test_watch_with_guard_records_the_skip_event() -> None:

@@ -33,7 +33,7 @@ class AutoClip(Clipper):
         super().__init__()
         self.percentile = check_number("percentile", percentile, low=0.0, high=100.0)
         self.history = int(
-            check_number("history", history, low=1, low_inclusive=True, integer=True)
+            check_number("history", history, low=1, high=2**24, low_inclusive=True, integer=True)
         )
         self._buf: torch.Tensor | None = None  # (history,) float32, NaN = empty slot
         self._pos: torch.Tensor | None = None  # (1,) int64, next slot to write

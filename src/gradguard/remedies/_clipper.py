@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
+from gradguard.errors import GradguardError
 from gradguard.remedies._checks import grads_of, params_list
 from gradguard.remedies._norms import total_norm
 
@@ -49,8 +51,29 @@ class Clipper:
         if self._monitor is not None:
             if after is None:  # clippers that change the direction need a second norm
                 after = total_norm(grads)
-            self._monitor.log(clip_norm_before=before, clip_norm_after=after)
+            try:
+                self._monitor.log(clip_norm_before=before, clip_norm_after=after)
+            except Exception as e:  # recording must never break the training it watches
+                warnings.warn(
+                    f"gradguard: clip stopped logging to the monitor: {e}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self._monitor = None
         return before
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The clipper's device state (clones), for checkpoints; empty for stateless clippers."""
+        return {k: v.clone() for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        for k, v in state.items():
+            if not hasattr(self, k):
+                raise GradguardError(
+                    f"{type(self).__name__} has no state {k!r}; load a state_dict saved from the same clipper class"
+                )
+            setattr(self, k, v.clone())
 
     def _clip(
         self, params: list[torch.Tensor], grads: list[torch.Tensor]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import statistics
+import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -184,6 +185,10 @@ class Guard:
         norm = total_norm(grads)
         if loss is None:
             return float(norm), None  # the one sync of this step
+        if not isinstance(loss, (torch.Tensor, int, float)):
+            raise GradguardError(
+                f"guard.step(loss=...) got {type(loss).__name__}; pass the loss tensor or a number"
+            )
         lt = loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
         lt = lt.detach().float().sum().to(norm.device)
         n, lv = torch.stack([norm, lt]).tolist()  # the one sync of this step
@@ -237,13 +242,18 @@ class Guard:
         ev = GuardEvent(idx, kind, msg, norm, z, loss, layer, lr is not None, lr, where)
         self.events.append(ev)
         if self._monitor is not None:
-            self._monitor.event(
-                "guard_skip",
-                f"{kind}: {msg}",
-                layer=layer,
-                value=norm if _finite(norm) else None,
-                data=ev.to_data(),
-            )
+            try:
+                self._monitor.event(
+                    "guard_skip",
+                    f"{kind}: {msg}",
+                    layer=layer,
+                    value=norm if _finite(norm) else None,
+                    data=ev.to_data(),
+                )
+            except Exception as e:  # recording must never break the training it guards
+                warnings.warn(
+                    f"gradguard: Guard could not record an event: {e}", RuntimeWarning, stacklevel=3
+                )
 
     def _roll_back(self) -> tuple[float, ...]:
         """Restore the snapshot, then multiply each group's current learning rate by the backoff."""
