@@ -51,7 +51,7 @@ def main() -> None:
     print(f"model: {args.depth} x Linear({args.width}, {args.width}) + tanh, batch {args.batch}, "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print("check runs (s):", " ".join(f"{t:.3f}" for t in times))
-    print(f"median check: {statistics.median(times):.3f} s (budget 5 s)")
+    print(f"median check: {statistics.median(times):.3f} s, min {min(times):.3f} s (budget 5 s)")
     print(f"median check without Jacobian: {statistics.median(no_jac):.3f} s")
     print(
         f"verdict: {report.verdict}; power iterations: {report.jacobian.iterations if report.jacobian else '-'}"

@@ -303,3 +303,29 @@ def test_tuple_output_and_dict_input():
     report = gg.check(Net(), {"x": torch.randn(4, 6), "scale": 2.0})
     assert report.layers[0].name == "fc" and report.jacobian is None
     assert report.layers[0].act_grad_norm == pytest.approx(2.0, rel=1e-5)  # d<y*2, u>/d fc = 2u
+
+
+def test_frozen_model_with_integer_input_and_failing_loss():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 2)).requires_grad_(False)
+    with pytest.raises(GradguardError, match="does not depend on any trainable parameter"):
+        gg.check(model, torch.randint(0, 10, (3, 2)))
+    assert not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(GradguardError, match="loss_fn failed"):
+        mse = lambda out, t: (out - t).pow(2).mean()  # noqa: E731
+        gg.check(nn.Linear(4, 2), torch.randn(3, 4), loss_fn=mse, target=torch.randn(5, 7))
+
+
+def test_jacobian_failure_is_a_note_not_an_error():
+    class FixedBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            assert x.shape[0] == 20, "needs a batch of 20"
+            return self.fc(x)
+
+    report = gg.check(FixedBatch(), torch.randn(20, 3))  # Jacobian pass would use 16 examples
+    assert report.jacobian is None
+    assert any("needs a batch of 20" in n for n in report.notes)
+    assert math.isfinite(report.layers[0].grad_rms)

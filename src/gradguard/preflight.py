@@ -227,7 +227,13 @@ def _call_model(model: nn.Module, inp: Any) -> Any:
 
 def _loss(out: Any, loss_fn: Callable[..., Any] | None, target: Any, gen: torch.Generator) -> Any:
     if loss_fn is not None:
-        loss = loss_fn(out, target) if target is not None else loss_fn(out)
+        try:
+            loss = loss_fn(out, target) if target is not None else loss_fn(out)
+        except Exception as e:
+            raise GradguardError(
+                f"loss_fn failed on the model's output: {type(e).__name__}: {e}; check that "
+                "target matches the output's shape and dtype"
+            ) from e
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise GradguardError(
                 f"loss_fn returned {type(loss).__name__} of shape "
@@ -299,18 +305,14 @@ def check(
                     "pass an input the model accepts (check --input-shape / the batch dimension)"
                 ) from e
             loss = _loss(obs.output, loss_fn, target, gen)
+            if not loss.requires_grad:
+                raise GradguardError(
+                    "the loss does not depend on any trainable parameter (all frozen, or the "
+                    "output is detached); unfreeze a layer with requires_grad_(True) or check "
+                    "that forward() returns a tensor built from the parameters"
+                )
             rows, nonfinite, agn = _gradients(layers, obs, loss)
-            jac = None
-            xj, yj = x, first_tensor(obs.output)
-            if jac_own_pass:
-                state.restore_rng()  # same dropout stream as the measured pass
-                xj = x[:JACOBIAN_EXAMPLES].detach().clone().requires_grad_(True)
-                yj = first_tensor(_call_model(model, xj))
-                notes.append(f"Jacobian estimated on the first {JACOBIAN_EXAMPLES} examples")
-            if want_jac and yj is not None and yj.is_floating_point() and yj.requires_grad:
-                jac = jacobian_stats(yj, xj, generator=gen)
-            elif want_jac:
-                notes.append("Jacobian skipped: the output does not depend on the input")
+            jac = _jacobian(model, x, obs, gen, state, notes) if want_jac else None
         rows = _predict(rows, layers, obs, notes)
         grad_ratio, gain = _gain(agn)
         nonfinite += 0 if math.isfinite(float(loss.detach())) else 1
@@ -337,6 +339,33 @@ def check(
         )
     finally:
         state.restore()
+
+
+def _jacobian(
+    model: nn.Module,
+    x: torch.Tensor,
+    obs: Observed,
+    gen: torch.Generator,
+    state: PreservedState,
+    notes: list[str],
+) -> JacobianStats | None:
+    """Jacobian statistics on the measured graph, or on a first-examples pass for big batches."""
+    try:
+        xj, yj = x, first_tensor(obs.output)
+        if not x.requires_grad:  # batch > JACOBIAN_EXAMPLES: own pass, same dropout stream
+            state.restore_rng()
+            xj = x[:JACOBIAN_EXAMPLES].detach().clone().requires_grad_(True)
+            yj = first_tensor(_call_model(model, xj))
+            notes.append(f"Jacobian estimated on the first {JACOBIAN_EXAMPLES} examples")
+        if yj is None or not yj.is_floating_point() or not yj.requires_grad:
+            notes.append(
+                "Jacobian skipped: the output is not a float tensor depending on the input"
+            )
+            return None
+        return jacobian_stats(yj, xj, generator=gen)
+    except Exception as e:  # the table and verdict do not need it
+        notes.append(f"Jacobian skipped: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+        return None
 
 
 def _std(s1: float, s2: float, n: int) -> float:
