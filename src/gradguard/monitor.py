@@ -83,16 +83,34 @@ class Reducer:
 
     ``reduce(sums, maxes)`` gets ``sums`` (float64 ``[k, L]``: squared norms, non-finite counts,
     activation sums) to be summed across ranks and ``maxes`` (float64 ``[m, L]``) to be maxed, and
-    returns both reduced. The default does nothing (one process).
+    returns both reduced. The default does nothing (one process). ``kind`` says what the rows hold:
+    "params" (statistics of parameters and their gradients, replicated or sharded across ranks) or
+    "activations" (statistics of each rank's own data: always summed). :meth:`bind` is called once
+    with the Monitor's layers (a distributed reducer reads from them how parameters are sharded).
     """
 
-    def reduce(self, sums: torch.Tensor, maxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reduce(
+        self, sums: torch.Tensor, maxes: torch.Tensor, *, kind: str = "params"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return sums, maxes
+
+    def bind(self, layers: list[LayerInfo]) -> None:
+        """Learn the layers being watched (nothing to learn for one process)."""
 
     @property
     def is_writer(self) -> bool:
         """Only this process writes the store (rank 0 under torch.distributed)."""
         return True
+
+
+def _default_reducer() -> Reducer:
+    """The torch.distributed reducer when a process group with several ranks is up, else the no-op."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from gradguard.distributed import DistributedReducer
+
+        return DistributedReducer()
+    return Reducer()
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -126,7 +144,8 @@ def _max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
     ``_foreach_norm(ord=inf)`` takes a slow scalar path on CPU (10 ms on W1's 25 MB of grads, 8x a
     read), so take max(max(x), -min(x)) from one ``aminmax`` read per tensor.
     """
-    lo_hi = [torch.aminmax(t.reshape(-1)) for t in tensors]
+    # an empty local shard (FSDP2 splits unevenly) has no max: it contributes 0
+    lo_hi = [torch.aminmax(t.reshape(-1)) if t.numel() else (t.new_zeros(()),) * 2 for t in tensors]
     lo = torch.stack([m[0] for m in lo_hi]).to(torch.float64)
     hi = torch.stack([m[1] for m in lo_hi]).to(torch.float64)
     both = torch.stack([hi, lo.neg()])
@@ -185,6 +204,7 @@ class Monitor:
         on_finding: Callable[[Any], None] | None = None,
         reducer: Reducer | None = None,
         run_config: Mapping[str, Any] | None = None,
+        sinks: list[Any] | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -201,7 +221,10 @@ class Monitor:
         self.model = model
         self.optimizer = optimizer
         self.layers: list[LayerInfo] = discover_layers(model)
-        self.reducer = reducer or Reducer()
+        # torch.distributed up with several ranks: numbers are combined across ranks (gradguard.distributed)
+        self.reducer = reducer or _default_reducer()
+        self.reducer.bind(self.layers)
+        self.sinks = list(sinks or [])  # each has write(batch, layers) and close(); fed at flush
         self.on_finding = on_finding
         self.step_count = 0
         self._closed = False
@@ -285,6 +308,10 @@ class Monitor:
                 attach(self)
         self.clip = clip
         self.guard = guard
+        for sink in self.sinks:
+            attach = getattr(sink, "attach", None)
+            if callable(attach):
+                attach(self)
         _LIVE.add(self)
 
     # ------------------------------------------------------------------ hooks
@@ -605,7 +632,7 @@ class Monitor:
         a = torch.where(use_v, self._actv, self._act)
         a[:, _A_GRADSQ] = self._act[:, _A_GRADSQ]
         empty = torch.zeros((0, a.shape[0]), dtype=torch.float64, device=self.device)
-        sums, _ = self.reducer.reduce(a.t().contiguous(), empty)
+        sums, _ = self.reducer.reduce(a.t().contiguous(), empty, kind="activations")
         a = sums.t()
         n = a[:, _A_COUNT]
         seen = n > 0
@@ -760,6 +787,7 @@ class Monitor:
         self._scalars = {}
         self._events = []
         self._remember(batch)
+        self._to_sinks(batch)
         # A failed writer has reported itself once (logging + warnings) and drops batches; the
         # in-memory run (mon.run) stays complete.
         if self._writer is not None and (
@@ -768,6 +796,26 @@ class Monitor:
             self._writer.submit(batch, wait=wait)
         if self.config.diagnose_online and "diagnosis" not in self._failed:
             self._guarded("diagnosis", self._diagnose_online)
+
+    def _to_sinks(self, batch: Batch) -> None:
+        """Hand a flushed batch to every sink (writer rank only); a failing sink is reported once and dropped."""
+        if not self.sinks or not self.reducer.is_writer:
+            return
+        layers = self.recorded_layers()
+        for i, sink in enumerate(self.sinks):
+            part = f"sink {i} ({type(sink).__name__})"
+            if part not in self._failed:
+                try:
+                    sink.write(batch, layers)
+                except Exception as e:
+                    self._fail(part, e)
+
+    def _close_sinks(self) -> None:
+        for i, sink in enumerate(self.sinks):
+            try:
+                sink.close()
+            except Exception as e:
+                self._fail(f"sink {i} ({type(sink).__name__}) close", e)
 
     def _remember(self, batch: Batch) -> None:
         for k, (s, v) in batch.metrics.items():
@@ -813,6 +861,7 @@ class Monitor:
             self._mem_events.append(ev)
             if self._writer is not None:
                 self._writer.submit(Batch(events=[ev]))
+            self._to_sinks(Batch(events=[ev]))
             if self.on_finding is not None:
                 self.on_finding(f)
 
@@ -827,6 +876,7 @@ class Monitor:
             self._act_handles.clear()
             self._before = None
             self.flush()
+            self._close_sinks()
         finally:
             self._closed = True
             if self._writer is not None:
@@ -886,6 +936,8 @@ def watch(
     clip: Any = None,
     guard: Any = None,
     on_finding: Callable[[Any], None] | None = None,
+    sinks: list[Any] | None = None,
+    reducer: Reducer | None = None,
     **options: Any,
 ) -> Monitor:
     """Start watching ``model`` (and count steps of ``optimizer``).
@@ -901,6 +953,11 @@ def watch(
         clip: a ``gg.clip`` clipper whose clips are recorded (norm before and after).
         guard: a ``gg.Guard`` whose skipped steps are recorded as events.
         on_finding: called with each new online finding of severity >= warning.
+        sinks: objects with ``write(batch, layers)`` and ``close()`` fed at each flush (e.g.
+            ``gradguard.sinks.tensorboard.TensorBoardSink``); a failing sink is reported once and dropped.
+        reducer: how per-layer numbers are combined across processes; default: a
+            ``gradguard.distributed.DistributedReducer`` when torch.distributed is initialised with
+            several ranks, else none (pass ``Reducer()`` to keep each rank's own numbers).
         **options: overrides of WatchConfig fields, e.g. ``detail_every=50``, ``flush_every=500``.
 
     Returns:
@@ -917,5 +974,7 @@ def watch(
         clip=clip,
         guard=guard,
         on_finding=on_finding,
+        sinks=sinks,
+        reducer=reducer,
         **options,
     )

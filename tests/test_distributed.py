@@ -1,0 +1,289 @@
+"""Per-layer statistics under DDP and FSDP2 (2 processes on gloo) against a one-process run on the same global batch.
+
+One spawn of two ranks runs every scenario (spawning costs seconds); each rank saves what its Monitor
+recorded, and the test compares with a single-process Monitor fed the whole batch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import gradguard as gg
+from gradguard.distributed import DistributedReducer, replication_factor
+from gradguard.monitor import Reducer
+
+WORLD = 2
+STEPS = 3
+COMPARED = ("grad_norm", "grad_rms", "grad_max", "weight_norm", "nonfinite", "update_ratio")
+ACT = ("act_mean", "act_std", "act_zero_frac", "act_sat_frac")
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    # Linear(4, 1) splits [1, 4] and [1] unevenly over 2 ranks under FSDP2: rank 1 holds empty shards.
+    return nn.Sequential(
+        nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 4), nn.Linear(4, 1)
+    )
+
+
+def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(16, 8, generator=g), torch.randn(16, 1, generator=g)
+
+
+def part(t: torch.Tensor, rank: int, parts: int) -> torch.Tensor:
+    n = t.shape[0] // parts
+    return t[rank * n : (rank + 1) * n]
+
+
+def record(mon: gg.Monitor) -> dict[str, np.ndarray]:
+    mon.flush()
+    run = mon.run
+    out = {m: run.metric(m)[1] for m in COMPARED + ACT + ("act_grad_norm",)}
+    out["steps"] = run.metric("grad_norm")[0]
+    return out
+
+
+def train_single(accumulate: int = 1) -> dict[str, np.ndarray]:
+    """The reference: one process, the whole global batch (split into micro-batches when accumulating)."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gg.watch(model, opt, config="full", diagnose_online=False, reducer=Reducer())
+    for s in range(STEPS):
+        x, y = global_batch(s)
+        opt.zero_grad()
+        for i in range(accumulate):
+            xi, yi = part(x, i, accumulate), part(y, i, accumulate)
+            (nn.functional.mse_loss(model(xi), yi) / accumulate).backward()
+        opt.step()
+    out = record(mon)
+    mon.close()
+    return out
+
+
+# ---------------------------------------------------------------- the two ranks
+def _ddp(rank: int, out: Path, store: Path) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = make_model()
+    ddp = DDP(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    mon = gg.watch(model, opt, config="full", diagnose_online=False, store=store, name="ddp")
+    assert isinstance(mon.reducer, DistributedReducer)  # picked by itself
+    assert (mon.store_path is not None) == (rank == 0)  # only rank 0 writes
+    for s in range(STEPS):
+        x, y = global_batch(s)
+        opt.zero_grad()
+        nn.functional.mse_loss(ddp(part(x, rank, WORLD)), part(y, rank, WORLD)).backward()
+        opt.step()
+    np.savez(out / f"ddp-{rank}.npz", **record(mon))
+    mon.close()
+
+
+def _ddp_no_sync(rank: int, out: Path) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = make_model()
+    ddp = DDP(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    mon = gg.watch(model, opt, config="full", diagnose_online=False)
+    for s in range(STEPS):
+        x, y = global_batch(s)
+        x, y = part(x, rank, WORLD), part(y, rank, WORLD)
+        opt.zero_grad()
+        with ddp.no_sync():  # first micro-batch: local accumulation only
+            (nn.functional.mse_loss(ddp(part(x, 0, 2)), part(y, 0, 2)) / 2).backward()
+        (nn.functional.mse_loss(ddp(part(x, 1, 2)), part(y, 1, 2)) / 2).backward()
+        opt.step()
+    np.savez(out / f"nosync-{rank}.npz", **record(mon))
+    mon.close()
+
+
+def _fsdp2(rank: int, out: Path) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    model = make_model()
+    for m in model:
+        if isinstance(m, nn.Linear):
+            fully_shard(m)
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gg.watch(model, opt, config="full", diagnose_online=False)
+    for s in range(STEPS):
+        x, y = global_batch(s)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(part(x, rank, WORLD)), part(y, rank, WORLD)).backward()
+        opt.step()
+    np.savez(out / f"fsdp2-{rank}.npz", **record(mon))
+    mon.close()
+
+
+def _nonfinite_on_one_rank(rank: int, out: Path) -> None:
+    """Rank 1 alone gets NaN in one layer and Inf in another: both ranks go through, NaN kept."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = gg.watch(model, opt, config="light", diagnose_online=False)
+    x, y = global_batch(0)
+    nn.functional.mse_loss(model(part(x, rank, WORLD)), part(y, rank, WORLD)).backward()
+    if rank == 1:
+        model[0].weight.grad[0, 0] = math.nan
+        model[2].bias.grad[1] = math.inf
+    opt.step()
+    np.savez(out / f"nonfinite-{rank}.npz", **record(mon))
+    mon.close()
+
+
+def _worker(rank: int, port: int, out: str, fsdp: bool) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60)
+    )
+    try:
+        o = Path(out)
+        _ddp(rank, o, o / "ddp.db")
+        _ddp_no_sync(rank, o)
+        _nonfinite_on_one_rank(rank, o)
+        if fsdp:
+            try:
+                _fsdp2(rank, o)
+            except Exception as e:  # the exact reason lands in the test's skip message
+                (o / f"fsdp2-error-{rank}.txt").write_text(f"{type(e).__name__}: {e}")
+                raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ranks_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    fsdp = _fsdp2_available()
+    ctx = mp.spawn(_worker, args=(_free_port(), str(out), fsdp), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 150  # a deadlock fails the test instead of hanging it
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two ranks did not finish within 150 s (deadlock in a collective?)")
+    return out
+
+
+def _fsdp2_available() -> bool:
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load(out: Path, name: str, rank: int) -> dict[str, np.ndarray]:
+    with np.load(out / f"{name}-{rank}.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def assert_close(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], metrics) -> None:
+    np.testing.assert_array_equal(got["steps"], ref["steps"])
+    for m in metrics:
+        np.testing.assert_allclose(got[m], ref[m], rtol=1e-5, atol=1e-12, err_msg=m)
+
+
+# ---------------------------------------------------------------- tests
+@pytest.fixture(scope="module")
+def single() -> dict[str, np.ndarray]:
+    return train_single()
+
+
+def test_ddp_matches_single_process(ranks_out: Path, single: dict[str, np.ndarray]) -> None:
+    assert single["steps"].tolist() == list(range(STEPS))
+    for rank in range(WORLD):
+        got = load(ranks_out, "ddp", rank)
+        # Gradients are identical on every rank: a plain sum over ranks would be sqrt(2) too large.
+        assert_close(got, single, COMPARED)
+        # Activations: each rank's own half of the batch, summed = the whole batch.
+        assert_close(got, single, ACT)
+        # dL/d(activation) is taken of each rank's own mean loss (1/8 per sample instead of 1/16):
+        # summed over two ranks, its norm is world_size times the single-process one.
+        np.testing.assert_allclose(got["act_grad_norm"], WORLD * single["act_grad_norm"], rtol=1e-5)
+
+
+def test_ddp_only_rank0_writes_the_store(ranks_out: Path, single: dict[str, np.ndarray]) -> None:
+    run = gg.load(ranks_out / "ddp.db", name="ddp")
+    steps, values = run.metric("grad_norm")
+    assert steps.tolist() == list(range(STEPS))
+    np.testing.assert_allclose(values, single["grad_norm"], rtol=1e-5)
+    assert run.config["watch"]["activations"] is True
+
+
+def test_ddp_no_sync_accumulation_records_once_per_optimizer_step(
+    ranks_out: Path,
+) -> None:
+    ref = train_single(accumulate=WORLD * 2)  # the same 4 micro-batches, one process
+    for rank in range(WORLD):
+        assert_close(load(ranks_out, "nosync", rank), ref, COMPARED)
+
+
+def test_fsdp2_matches_single_process(ranks_out: Path, single: dict[str, np.ndarray]) -> None:
+    errors = sorted(ranks_out.glob("fsdp2-error-*.txt"))
+    if not _fsdp2_available():
+        pytest.skip("torch.distributed.fsdp.fully_shard is not in this torch")
+    assert not errors, errors[0].read_text()
+    for rank in range(WORLD):
+        got = load(ranks_out, "fsdp2", rank)
+        # Sharded: local squared norms summed, maxima maxed, counts summed (rank 1 has empty shards).
+        assert_close(got, single, COMPARED + ACT)
+
+
+def test_nonfinite_on_one_rank_reaches_every_rank(ranks_out: Path) -> None:
+    for rank in range(WORLD):
+        got = load(ranks_out, "nonfinite", rank)
+        assert math.isnan(got["grad_max"][0, 0])  # NaN on rank 1 only, NaN on both after the MAX
+        assert got["grad_max"][0, 1] == math.inf  # forward order: layer 1 is model[2]
+        assert np.isfinite(got["grad_max"][0, 2:]).all()
+        # counts are of non-finite tensors per layer, summed and divided by the 2 copies
+        np.testing.assert_allclose(got["nonfinite"][0], [0.5, 0.5, 0, 0])
+
+
+def test_replication_factor_of_plain_and_sharded_tensors() -> None:
+    assert replication_factor(torch.zeros(3), 4) == 4
+
+    class Shard:
+        def is_shard(self) -> bool:
+            return True
+
+    class Replicate:
+        def is_shard(self) -> bool:
+            return False
+
+    class Mesh:
+        def size(self, dim: int) -> int:
+            return (2, 4)[dim]
+
+    class HSDPParam:  # 2 replicas x 4 shards on a mesh of 8 ranks
+        placements = (Replicate(), Shard())
+        device_mesh = Mesh()
+
+    assert replication_factor(HSDPParam(), 8) == 2  # type: ignore[arg-type]
+
+
+def test_reducer_without_process_group_is_a_clear_error() -> None:
+    assert not dist.is_initialized()
+    with pytest.raises(gg.GradguardError, match="init_process_group"):
+        DistributedReducer()
