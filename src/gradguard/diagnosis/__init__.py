@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+from gradguard.diagnosis._diagnose import diagnose
+from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Finding, Remedy, Severity
 from gradguard.diagnosis.knowledge import remedies_for
 
-__all__ = ["Finding", "Severity", "Remedy", "remedies_for"]
+__all__ = ["diagnose", "DiagnosisConfig", "Finding", "Severity", "Remedy", "remedies_for"]

@@ -1,0 +1,108 @@
+"""Robust numeric helpers shared by the rules. All of them accept NaN/Inf and empty input."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+__all__ = [
+    "fmt",
+    "nanmedian",
+    "log_profile",
+    "theil_sen",
+    "spikes",
+    "windows",
+]
+
+
+def fmt(x: float) -> str:
+    """A number for a sentence: 3 significant digits, scientific when tiny or huge."""
+    if x is None or not math.isfinite(x):
+        return str(x)
+    a = abs(x)
+    if a != 0 and (a < 1e-3 or a >= 1e5):
+        return f"{x:.2g}"
+    return f"{x:.3g}"
+
+
+def nanmedian(a: np.ndarray, axis: int | None = None) -> np.ndarray | float:
+    """np.nanmedian without the all-NaN warning (all-NaN gives NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if np.asarray(a).size == 0:
+            return float("nan") if axis is None else np.full(np.asarray(a).shape[1 - axis], np.nan)
+        return np.nanmedian(a, axis=axis)  # type: ignore[no-any-return]
+
+
+def log_profile(values: np.ndarray) -> np.ndarray:
+    """Per-column median over rows of log10(values); non-positive and non-finite values are ignored.
+
+    Args:
+        values: ``(steps, layers)``.
+
+    Returns:
+        ``(layers,)`` log10 medians, NaN where a column had no positive finite value.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2 or v.shape[0] == 0:
+        return np.full(v.shape[-1] if v.ndim == 2 else 0, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lg = np.where(np.isfinite(v) & (v > 0), np.log10(np.where(v > 0, v, 1.0)), np.nan)
+    return np.asarray(nanmedian(lg, axis=0), dtype=np.float64)
+
+
+def theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Robust line fit ``y ~ a + b x`` (median of pairwise slopes); ``(b, a)``, NaN if < 2 points."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    i, j = np.triu_indices(len(x), k=1)
+    dx = x[j] - x[i]
+    keep = dx != 0
+    if not keep.any():
+        return float("nan"), float("nan")
+    b = float(np.median((y[j] - y[i])[keep] / dx[keep]))
+    a = float(np.median(y - b * x))
+    return b, a
+
+
+def spikes(values: np.ndarray, *, window: int, ratio: float, z: float) -> np.ndarray:
+    """Indices where ``values`` jump above their trailing median (log-scale robust z-score).
+
+    A point i is a spike when ``values[i] >= ratio * median(prev)`` and
+    ``(log v_i - median(log prev)) / (1.4826 * MAD(log prev)) >= z``, where ``prev`` are the up to
+    ``window`` finite positive points before it (at least 5 needed). Non-finite points are skipped.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v) & (v > 0)
+    lg = np.where(ok, np.log(np.where(ok, v, 1.0)), np.nan)
+    out: list[int] = []
+    hist: list[float] = []
+    log_ratio = math.log(ratio)
+    for i in range(len(v)):
+        if not ok[i]:
+            continue
+        if len(hist) >= 5:
+            prev = np.asarray(hist[-window:])
+            med = float(np.median(prev))
+            mad = float(np.median(np.abs(prev - med))) * 1.4826
+            d = lg[i] - med
+            if d >= log_ratio and d >= z * max(mad, 1e-12):
+                out.append(i)
+                continue  # a spike does not enter the history it is judged against
+        hist.append(float(lg[i]))
+    return np.asarray(out, dtype=np.int64)
+
+
+def windows(n: int, start: int, recent_fraction: float) -> tuple[slice, slice]:
+    """Row slices of the first ``start`` rows and of the last ``recent_fraction`` (>= start rows)."""
+    if n <= 0:
+        return slice(0, 0), slice(0, 0)
+    k = min(n, max(1, start))
+    r = min(n, max(k, int(math.ceil(n * recent_fraction))))
+    return slice(0, k), slice(n - r, n)

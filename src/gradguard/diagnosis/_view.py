@@ -1,0 +1,184 @@
+"""A run as the rules see it: main layers in depth order, windows of steps, depth fits, context."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from gradguard.diagnosis._stats import log_profile, nanmedian, theil_sen, windows
+from gradguard.diagnosis.config import DiagnosisConfig
+from gradguard.diagnosis.finding import Remedy
+from gradguard.diagnosis.knowledge import remedies_for
+from gradguard.store import Run
+
+__all__ = ["RunView", "DepthFit"]
+
+_RECURRENT = {"RNN", "RNNCell"}  # vanilla recurrences (LSTM/GRU are the remedy)
+_SIDE_KINDS = ("Norm", "Embedding")  # layers whose statistics are not on the depth axis
+
+
+@dataclass(frozen=True)
+class DepthFit:
+    """A log-linear fit of a per-layer statistic against depth, over one window of steps.
+
+    ``per_layer`` is the factor between neighbouring layers going *toward the input*
+    (>1: grows backward = exploding, <1: shrinks = vanishing); ``gain`` is the fitted ratio first
+    layer / last layer over the ``n`` layers; ``first``/``last`` are the medians measured there.
+    """
+
+    metric: str
+    per_layer: float
+    gain: float
+    n: int
+    first: float
+    last: float
+    steps: tuple[int, int]
+    zero_layers: tuple[int, ...]  # positions (in main-layer order) with exactly zero values
+
+    @property
+    def ok(self) -> bool:
+        return math.isfinite(self.gain) and self.n >= 2
+
+
+class RunView:
+    """Precomputed, crash-free views of a :class:`~gradguard.store.Run` for the rules."""
+
+    def __init__(self, run: Run, config: DiagnosisConfig) -> None:
+        self.run = run
+        self.config = config
+        self.names = [lay.name for lay in run.layers]
+
+    # ------------------------------------------------------------------ layers
+    @cached_property
+    def main(self) -> list[int]:
+        """Column indices of the layers on the depth axis: the commonest non-norm kind, in order."""
+        layers = self.run.layers
+        kinds = [lay.kind for lay in layers if not any(s in lay.kind for s in _SIDE_KINDS)]
+        if not kinds:
+            return list(range(len(layers)))
+        common = Counter(kinds).most_common()
+        top = common[0][1]
+        chosen = {k for k, c in common if c == top}
+        idx = [i for i, lay in enumerate(layers) if lay.kind in chosen]
+        return idx if len(idx) >= 2 else [i for i, lay in enumerate(layers) if lay.kind in kinds]
+
+    def layer_names(self, cols: list[int] | np.ndarray) -> tuple[str, ...]:
+        return tuple(self.names[int(i)] for i in cols)
+
+    # ------------------------------------------------------------------ metrics
+    def metric(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values[S, L])`` with rows where every value is NaN removed."""
+        steps, vals = self.run.metric(name)
+        vals = np.asarray(vals, dtype=np.float64)
+        if vals.ndim != 2 or vals.shape[1] != len(self.names) or len(steps) != vals.shape[0]:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, len(self.names)))
+        keep = ~np.all(np.isnan(vals), axis=1) if vals.size else np.zeros(0, dtype=bool)
+        return np.asarray(steps)[keep], vals[keep]
+
+    def scalar(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        steps, vals = self.run.scalar(name)
+        vals = np.asarray(vals, dtype=np.float64).reshape(-1)
+        steps = np.asarray(steps).reshape(-1)
+        if len(steps) != len(vals):
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        order = np.argsort(steps, kind="stable")
+        return steps[order], vals[order]
+
+    def depth_fit(self, name: str, window: str) -> DepthFit | None:
+        """Fit log10(metric) over the main layers in the "start" or "recent" window."""
+        steps, vals = self.metric(name)
+        cols = self.main
+        if len(steps) == 0 or len(cols) < 2:
+            return None
+        order = np.argsort(steps, kind="stable")
+        steps, vals = steps[order], vals[order][:, cols]
+        start, recent = windows(len(steps), self.config.start_steps, self.config.recent_fraction)
+        sl = start if window == "start" else recent
+        w = vals[sl]
+        prof = log_profile(w)
+        zero = tuple(
+            int(j)
+            for j in range(w.shape[1])
+            if np.isfinite(w[:, j]).any() and np.all(w[:, j][np.isfinite(w[:, j])] == 0)
+        )
+        x = np.arange(len(cols), dtype=np.float64)
+        b, _ = theil_sen(x, prof)
+        ok = np.isfinite(prof)
+        n = int(ok.sum())
+        if not math.isfinite(b) or n < 2:
+            return None
+        span = float(x[ok].max() - x[ok].min())
+        first_j, last_j = int(np.flatnonzero(ok)[0]), int(np.flatnonzero(ok)[-1])
+        return DepthFit(
+            metric=name,
+            per_layer=10.0 ** (-b),
+            gain=10.0 ** (-b * span),
+            n=n,
+            first=10.0 ** float(prof[first_j]),
+            last=10.0 ** float(prof[last_j]),
+            steps=(int(steps[sl][0]), int(steps[sl][-1])),
+            zero_layers=zero,
+        )
+
+    def backward_signal(self) -> str:
+        """act_grad_norm (dL/dh) when recorded on >= 2 main layers, else grad_rms."""
+        _, v = self.metric("act_grad_norm")
+        if v.size and np.sum(np.isfinite(v[:, self.main]).any(axis=0)) >= 2:
+            return "act_grad_norm"
+        return "grad_rms"
+
+    def column_median(self, name: str, window: str = "all") -> np.ndarray:
+        """Per-layer median of a metric over a window ("all", "start", "recent"); NaN if absent."""
+        steps, vals = self.metric(name)
+        if len(steps) == 0:
+            return np.full(len(self.names), np.nan)
+        order = np.argsort(steps, kind="stable")
+        vals = vals[order]
+        if window != "all":
+            start, recent = windows(
+                len(steps), self.config.start_steps, self.config.recent_fraction
+            )
+            vals = vals[start if window == "start" else recent]
+        with np.errstate(invalid="ignore"):
+            vals = np.where(np.isfinite(vals), vals, np.nan)
+        return np.asarray(nanmedian(vals, axis=0), dtype=np.float64)
+
+    def step_range(self, *names: str) -> tuple[int, int] | None:
+        """First and last step recorded for these metrics/scalars."""
+        all_steps = [self.metric(n)[0] for n in names] + [self.scalar(n)[0] for n in names]
+        s = np.concatenate([a for a in all_steps if len(a)] or [np.zeros(0, dtype=np.int64)])
+        return (int(s.min()), int(s.max())) if len(s) else None
+
+    # ------------------------------------------------------------------ context
+    @cached_property
+    def activation(self) -> str | None:
+        acts = [self.run.layers[i].activation for i in self.main if self.run.layers[i].activation]
+        return Counter(acts).most_common(1)[0][0] if acts else None
+
+    @cached_property
+    def high_lr(self) -> bool:
+        med = nanmedian(self.column_median("update_ratio")[self.main]) if self.main else math.nan
+        return bool(math.isfinite(med) and med > self.config.high_update_ratio)
+
+    def context(self, **extra: Any) -> dict[str, Any]:
+        """Keyword context for :func:`remedies_for` from what the run tells."""
+        kinds = {lay.kind for lay in self.run.layers}
+        opt = self.run.config.get("optimizer")
+        ctx: dict[str, Any] = {
+            "activation": self.activation,
+            "high_lr": self.high_lr,
+            "recurrent": bool(kinds & _RECURRENT),
+            "has_norm": any("Norm" in k for k in kinds),
+            "depth": len(self.main) or None,
+            "optimizer": opt if isinstance(opt, str) else None,
+        }
+        ctx.update(extra)
+        return ctx
+
+    def remedies(self, kind: str, **extra: Any) -> tuple[Remedy, ...]:
+        return remedies_for(kind, **self.context(**extra))[: self.config.max_remedies]

@@ -1,0 +1,78 @@
+"""divergence: the loss rises above its best level, spikes, or oscillates step to step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradguard.diagnosis._stats import fmt, spikes
+from gradguard.diagnosis._view import RunView
+from gradguard.diagnosis.finding import Finding, Severity
+from gradguard.diagnosis.rules._loss import fifths, finite_loss
+
+__all__ = ["KIND", "check"]
+
+KIND = "divergence"
+_LOSS_SPIKE_RATIO = 3.0  # a loss jump this many times its running median (and z >= spike_z)
+
+
+def _rolling_median(x: np.ndarray, w: int) -> np.ndarray:
+    if len(x) < w:
+        return np.asarray([np.median(x)])
+    win = np.lib.stride_tricks.sliding_window_view(x, w)
+    return np.median(win, axis=1)
+
+
+def check(view: RunView) -> list[Finding]:
+    cfg = view.config
+    steps, loss = finite_loss(view)
+    if len(loss) < cfg.min_loss_points:
+        return []
+    parts: list[str] = []
+    severity: Severity | None = None
+    start, end = fifths(loss)
+    k = max(2, len(loss) // 5)
+    smooth = _rolling_median(loss[:-k] if len(loss) - k >= 3 else loss, max(3, len(loss) // 20))
+    best = float(np.min(smooth))
+    rise = end - best
+    if end >= cfg.rise_ratio * best and best > 0 and rise >= 0.1 * abs(start):
+        severity = Severity.CRITICAL if end >= 10 * best else Severity.WARNING
+        parts.append(
+            f"loss rose from its best {fmt(best)} to {fmt(end)} ({fmt(end / best)}x) "
+            f"by step {int(steps[-1])}"
+        )
+    hits = spikes(np.abs(loss), window=cfg.spike_window, ratio=_LOSS_SPIKE_RATIO, z=cfg.spike_z)
+    if len(hits):
+        severity = severity or Severity.WARNING
+        parts.append(f"loss spiked {len(hits)} time(s), first at step {int(steps[hits[0]])}")
+    tail = loss[-max(cfg.min_loss_points, len(loss) // 4) :]
+    d = np.diff(tail)
+    if len(d) >= 3:
+        alternation = float(np.mean(np.sign(d[1:]) * np.sign(d[:-1]) < 0))
+        amplitude = float(np.median(np.abs(d)) / max(float(np.median(np.abs(tail))), 1e-12))
+        if alternation >= cfg.oscillation_alternation and amplitude >= cfg.oscillation_amplitude:
+            severity = severity or Severity.WARNING
+            parts.append(
+                f"loss oscillates: {fmt(100 * alternation)}% of steps reverse direction, "
+                f"by {fmt(100 * amplitude)}% of its level"
+            )
+    if severity is None:
+        return []
+    return [
+        Finding(
+            kind=KIND,
+            severity=severity,
+            layers=(),
+            steps=(int(steps[0]), int(steps[-1])),
+            evidence="; ".join(parts),
+            cause=(
+                "Steps overshoot: with a learning rate too large for the loss surface's curvature "
+                "each update lands higher than the last, or bounces across a valley."
+            ),
+            remedies=view.remedies(KIND, spike=bool(len(hits))),
+            data={
+                "loss_best": best,
+                "loss_end": end,
+                "spike_steps": [int(steps[i]) for i in hits],
+            },
+        )
+    ]

@@ -1,0 +1,186 @@
+"""exploding_gradients: the gradient (or the signal) grows geometrically with depth or over time.
+
+Over depth: the mirror of vanishing_gradients, on dL/dh (``act_grad_norm``) when recorded, else
+``grad_rms``; the forward activation scale (``act_std``) counts too. Weight gradients alone can
+hide it: in a ReLU MLP at sigma_w^2 = 4 the activations grow forward as fast as dL/dh grows
+backward, so grad_rms stays flat over depth while the loss starts far too large.
+Over time: grad_norm_total growing by orders of magnitude, spiking above its running median
+(robust z-score on the log scale), or weight norms growing by an order of magnitude.
+Severity follows the magnitude: a BatchNorm net's mild growth (~1.2x per layer) stays silent.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradguard.diagnosis._stats import fmt, nanmedian, spikes
+from gradguard.diagnosis._view import DepthFit, RunView
+from gradguard.diagnosis.finding import Finding, Severity
+from gradguard.diagnosis.rules._common import grade
+
+__all__ = ["KIND", "check", "check_depth", "check_time"]
+
+KIND = "exploding_gradients"
+_CAUSE_DEPTH = (
+    "Each layer multiplies the backpropagated signal by its weights and the activation's "
+    "derivative; when that product exceeds 1 the gradient grows geometrically toward the input "
+    "and the first layers take huge, unstable steps."
+)
+_CAUSE_TIME = (
+    "The gradient norm grows or jumps during training: large steps move the weights into a "
+    "steeper region, which gives still larger gradients (a feedback loop), often because the "
+    "learning rate is too high for the curvature."
+)
+
+
+def _best(fits: list[DepthFit | None]) -> DepthFit | None:
+    ok = [f for f in fits if f is not None and f.ok]
+    return max(ok, key=lambda f: f.gain) if ok else None
+
+
+def _loss_start_ratio(view: RunView) -> float:
+    """Loss over the first steps / its median over the recent window (>1: started too large)."""
+    _, loss = view.scalar("loss")
+    loss = loss[np.isfinite(loss)]
+    if len(loss) < 2 * view.config.start_steps:
+        return math.nan
+    k = view.config.start_steps
+    later = float(nanmedian(loss[len(loss) // 2 :]))
+    return float(nanmedian(loss[:k])) / later if later > 0 else math.nan
+
+
+def check_depth(view: RunView) -> list[Finding]:
+    cfg = view.config
+    sig = view.backward_signal()
+    back = _best([view.depth_fit(sig, "start"), view.depth_fit(sig, "recent")])
+    fwd_fits = [view.depth_fit("act_std", w) for w in ("start", "recent")]
+    fwd = min((f for f in fwd_fits if f is not None and f.ok), key=lambda f: f.gain, default=None)
+    back_ratio = back.gain if back is not None else math.nan
+    fwd_ratio = 1.0 / fwd.gain if fwd is not None and fwd.gain > 0 else math.nan
+    ratio = max((r for r in (back_ratio, fwd_ratio) if math.isfinite(r)), default=math.nan)
+    severity = grade(ratio, cfg)
+    if severity is None:
+        return []
+    names = view.layer_names(view.main)
+    parts = []
+    if back is not None and back.per_layer > 1:
+        what = "dL/dh (act_grad_norm)" if sig == "act_grad_norm" else "grad_rms"
+        parts.append(
+            f"{what} grows x{fmt(back.per_layer)} per layer toward the input; '{names[0]}' gets "
+            f"{fmt(back.gain)}x of '{names[-1]}''s (fitted over {back.n} layers, "
+            f"steps {back.steps[0]}..{back.steps[1]})"
+        )
+    if fwd is not None and fwd.per_layer < 1:
+        parts.append(
+            f"activations grow x{fmt(1 / fwd.per_layer)} per layer forward "
+            f"(act_std {fmt(fwd.first)} -> {fmt(fwd.last)})"
+        )
+    if sig == "act_grad_norm":
+        wg = _best([view.depth_fit("grad_rms", w) for w in ("start", "recent")])
+        if wg is not None and wg.gain < cfg.depth_info:
+            parts.append(
+                f"weight-gradient RMS stays flat (x{fmt(wg.per_layer)} per layer), "
+                "so per-layer grad norms alone hide it"
+            )
+    lr = _loss_start_ratio(view)
+    if math.isfinite(lr) and lr >= 3:
+        parts.append(f"the loss starts {fmt(lr)}x above its later level")
+    # consequences make a mild explosion a warning: a loss that starts >= 10x too large, or
+    # saturated units (the forward signal blew up into the flat tails)
+    sat = view.column_median("act_sat_frac")[view.main]
+    saturated = bool(np.any(np.nan_to_num(sat) >= cfg.saturation_warning))
+    if severity is Severity.INFO and ((math.isfinite(lr) and lr >= 10) or saturated):
+        severity = Severity.WARNING
+        if saturated:
+            parts.append("units saturate (see the saturation finding)")
+    steps = back.steps if back is not None else (fwd.steps if fwd is not None else None)
+    return [
+        Finding(
+            kind=KIND,
+            severity=severity,
+            layers=names,
+            steps=steps,
+            evidence="; ".join(parts),
+            cause=_CAUSE_DEPTH,
+            remedies=view.remedies(KIND, saturation=saturated),
+            data={
+                "signal": sig,
+                "per_layer": back.per_layer if back is not None else math.nan,
+                "ratio_first_last": back_ratio,
+                "forward_ratio": fwd_ratio,
+                "loss_start_ratio": lr,
+            },
+        )
+    ]
+
+
+def check_time(view: RunView) -> list[Finding]:
+    cfg = view.config
+    steps, g = view.scalar("grad_norm_total")
+    ok = np.isfinite(g) & (g > 0)
+    steps, g = steps[ok], g[ok]
+    parts: list[str] = []
+    severity: Severity | None = None
+    data: dict[str, object] = {}
+
+    def raise_to(s: Severity) -> None:
+        nonlocal severity
+        severity = s if severity is None or s > severity else severity
+
+    if len(g) >= 10:
+        k = max(2, len(g) // 5)
+        growth = float(np.median(g[-k:]) / np.median(g[:k]))
+        data["growth"] = growth
+        if growth >= cfg.time_growth_warning:
+            raise_to(Severity.CRITICAL if growth >= cfg.time_growth_critical else Severity.WARNING)
+            parts.append(
+                f"grad_norm_total grew {fmt(growth)}x ({fmt(float(np.median(g[:k])))} -> "
+                f"{fmt(float(np.median(g[-k:])))}) over steps {int(steps[0])}..{int(steps[-1])}"
+            )
+    hits = spikes(g, window=cfg.spike_window, ratio=cfg.spike_ratio, z=cfg.spike_z)
+    if len(hits):
+        prev_med = [float(np.median(g[max(0, i - cfg.spike_window) : i])) for i in hits]
+        worst = int(np.argmax(g[hits] / np.asarray(prev_med)))
+        raise_to(Severity.WARNING)
+        parts.append(
+            f"grad_norm_total spiked {len(hits)} time(s), first at step {int(steps[hits[0]])}; "
+            f"largest {fmt(float(g[hits[worst]] / prev_med[worst]))}x its running median "
+            f"at step {int(steps[hits[worst]])}"
+        )
+        data["spike_steps"] = [int(steps[i]) for i in hits]
+    wsteps, w = view.metric("weight_norm")
+    if len(wsteps) >= 10:
+        order = np.argsort(wsteps, kind="stable")
+        w = np.where(np.isfinite(w[order]), w[order], np.nan)
+        k = max(2, len(w) // 10)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            grow = np.asarray(nanmedian(w[-k:], axis=0)) / np.asarray(nanmedian(w[:k], axis=0))
+        grown = np.flatnonzero(np.nan_to_num(grow, nan=0.0, posinf=0.0) >= cfg.weight_growth)
+        if len(grown):
+            raise_to(Severity.WARNING)
+            j = int(grown[np.argmax(grow[grown])])
+            parts.append(
+                f"weight norms grew >= {fmt(cfg.weight_growth)}x in {len(grown)} layer(s) "
+                f"(most: '{view.names[j]}' x{fmt(float(grow[j]))})"
+            )
+            data["weight_growth"] = {view.names[int(i)]: float(grow[i]) for i in grown}
+    if severity is None:
+        return []
+    return [
+        Finding(
+            kind=KIND,
+            severity=severity,
+            layers=(),
+            steps=(int(steps[0]), int(steps[-1])) if len(steps) else view.step_range("weight_norm"),
+            evidence="; ".join(parts),
+            cause=_CAUSE_TIME,
+            remedies=view.remedies(KIND, spike=bool(len(hits))),
+            data=data,
+        )
+    ]
+
+
+def check(view: RunView) -> list[Finding]:
+    return check_depth(view) + check_time(view)

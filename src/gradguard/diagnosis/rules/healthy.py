@@ -1,0 +1,66 @@
+"""healthy: nothing at warning or above fired; say so, with the key numbers, so a person knows
+the check ran. An empty run gets a ``no_data`` info finding instead."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradguard.diagnosis._stats import fmt, nanmedian
+from gradguard.diagnosis._view import RunView
+from gradguard.diagnosis.finding import Finding, Severity
+from gradguard.diagnosis.rules._loss import fifths, finite_loss
+
+__all__ = ["KIND", "check"]
+
+KIND = "healthy"
+
+
+def check(view: RunView) -> list[Finding]:
+    run = view.run
+    if not any(len(run.metric(n)[0]) for n in run.metric_names) and not any(
+        len(run.scalar(n)[0]) for n in run.scalar_names
+    ):
+        return [
+            Finding(
+                kind="no_data",
+                severity=Severity.INFO,
+                evidence=f"run {run.name!r} holds no recorded statistics yet ({len(run.layers)} layers)",
+                cause="Nothing was recorded: was the optimizer stepped while watched, and the monitor closed or flushed?",
+            )
+        ]
+    parts: list[str] = []
+    data: dict[str, float] = {}
+    sig = view.backward_signal()
+    fit = view.depth_fit(sig, "recent")
+    if fit is not None and fit.ok:
+        parts.append(
+            f"{sig} x{fmt(fit.per_layer)} per layer toward the input "
+            f"(first/last {fmt(fit.gain)} over {fit.n} layers)"
+        )
+        data["per_layer"], data["ratio_first_last"] = fit.per_layer, fit.gain
+    _, loss = finite_loss(view)
+    if len(loss) >= 2:
+        a, b = fifths(loss)
+        parts.append(f"loss {fmt(a)} -> {fmt(b)}")
+        data["loss_start"], data["loss_end"] = a, b
+    ur = float(nanmedian(view.column_median("update_ratio")))
+    if math.isfinite(ur):
+        parts.append(f"median update_ratio {fmt(ur)}")
+        data["update_ratio"] = ur
+    _, g = view.scalar("grad_norm_total")
+    g = g[np.isfinite(g)]
+    if len(g):
+        parts.append(f"median grad_norm_total {fmt(float(np.median(g)))}")
+        data["grad_norm_total"] = float(np.median(g))
+    return [
+        Finding(
+            kind=KIND,
+            severity=Severity.INFO,
+            steps=view.step_range("grad_norm", "loss", "grad_norm_total"),
+            evidence="; ".join(parts) or "no rule found a problem",
+            cause="No rule found vanishing or exploding gradients, non-finite values, saturation, dead units, a stall or divergence.",
+            data=data,
+        )
+    ]

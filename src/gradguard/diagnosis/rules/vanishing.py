@@ -1,0 +1,108 @@
+"""vanishing_gradients: the backpropagated gradient shrinks geometrically toward the input.
+
+Fits log10 of the per-unit gradient (dL/dh from ``act_grad_norm`` when recorded, else the
+weight-gradient RMS ``grad_rms``) against layer depth, at the start of the run and recently, and
+reports the per-layer factor and the fitted ratio first/last layer. Early layers whose
+``update_ratio`` is still within 10x of the last layers' (an adaptive optimizer compensates) make
+it one level less severe.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gradguard.diagnosis._stats import fmt
+from gradguard.diagnosis._view import DepthFit, RunView
+from gradguard.diagnosis.finding import Finding, Severity
+from gradguard.diagnosis.knowledge import activation_family
+from gradguard.diagnosis.rules._common import downgrade, grade
+
+__all__ = ["KIND", "check"]
+
+KIND = "vanishing_gradients"
+_SIGNAL = {
+    "act_grad_norm": "dL/dh (act_grad_norm)",
+    "grad_rms": "the weight-gradient RMS (grad_rms)",
+}
+
+
+def _worst(fits: list[DepthFit]) -> DepthFit | None:
+    fits = [f for f in fits if f.ok]
+    return min(fits, key=lambda f: f.gain) if fits else None
+
+
+def check(view: RunView) -> list[Finding]:
+    cfg = view.config
+    sig = view.backward_signal()
+    fit = _worst([f for f in (view.depth_fit(sig, "start"), view.depth_fit(sig, "recent")) if f])
+    if fit is None:
+        return []
+    ratio = 1.0 / fit.gain if fit.gain > 0 else math.inf
+    # exact zeros in the early half of the stack: the gradient underflowed to 0 there
+    early_zero = [j for j in fit.zero_layers if j < len(view.main) / 2]
+    severity = Severity.CRITICAL if early_zero else grade(ratio, cfg)
+    if severity is None or fit.per_layer >= 1.0:
+        return []
+    main_names = view.layer_names(view.main)
+    ur = view.column_median("update_ratio")[view.main]
+    finite = np.flatnonzero(np.isfinite(ur))
+    ur_first = float(ur[finite[0]]) if len(finite) else math.nan
+    ur_last = float(ur[finite[-1]]) if len(finite) else math.nan
+    compensated = (
+        not early_zero
+        and ur_last > 0
+        and math.isfinite(ur_first / ur_last)
+        and ur_first / ur_last >= cfg.update_ratio_compensated
+    )
+    if compensated:
+        severity = downgrade(severity)
+    evidence = (
+        f"{_SIGNAL[sig]} falls x{fmt(fit.per_layer)} per layer toward the input; "
+        f"'{main_names[0]}' gets {fmt(fit.gain)} of '{main_names[-1]}''s "
+        f"(fitted over {fit.n} layers, steps {fit.steps[0]}..{fit.steps[1]}; "
+        f"measured {fmt(fit.first)} vs {fmt(fit.last)})"
+    )
+    if early_zero:
+        evidence += f"; {len(fit.zero_layers)} layers get exactly zero gradient (underflow)"
+    if len(finite) >= 2:
+        evidence += (
+            f"; update_ratio {fmt(ur_first)} in the first layer vs {fmt(ur_last)} in the last"
+        )
+        if compensated:
+            evidence += " (the optimizer compensates: early layers still move)"
+    act = view.activation
+    cause = (
+        "Backpropagation multiplies the gradient at each layer by the weights and the activation's "
+        "derivative; when that product is below 1 the gradient shrinks geometrically with depth, "
+        "so the first layers barely learn."
+    )
+    if activation_family(act) == "saturating":
+        cause += (
+            f" {act}'s derivative is small (sigmoid: at most 0.25), which makes the factor small."
+        )
+    sat = view.column_median("act_sat_frac")[view.main]
+    saturated = bool(np.any(np.nan_to_num(sat) >= cfg.saturation_warning))
+    return [
+        Finding(
+            kind=KIND,
+            severity=severity,
+            layers=main_names,
+            steps=fit.steps,
+            evidence=evidence,
+            cause=cause,
+            remedies=view.remedies(KIND, saturation=saturated),
+            data={
+                "signal": sig,
+                "per_layer": fit.per_layer,
+                "ratio_first_last": fit.gain,
+                "first": fit.first,
+                "last": fit.last,
+                "zero_layers": [main_names[j] for j in fit.zero_layers],
+                "update_ratio_first": ur_first,
+                "update_ratio_last": ur_last,
+                "compensated": compensated,
+            },
+        )
+    ]

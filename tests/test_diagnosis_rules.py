@@ -1,0 +1,397 @@
+"""Rules on synthetic statistics (Run.from_arrays): expected findings, numbers, and negatives."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from gradguard.diagnosis import DiagnosisConfig, Finding, Severity, diagnose
+from gradguard.errors import ConfigError
+from gradguard.store import Layer, Run
+
+L, S = 10, 20
+
+
+def depth_values(
+    per_layer: float, *, n: int = L, steps: int = S, noise: float = 0.1, seed: int = 0
+):
+    """(steps, n) values that grow by ``per_layer`` per layer toward the input (index 0)."""
+    rng = np.random.default_rng(seed)
+    base = per_layer ** np.arange(n - 1, -1, -1, dtype=np.float64)  # last layer = 1
+    return 1e-2 * base * np.exp(noise * rng.standard_normal((steps, n)))
+
+
+def make_run(
+    *,
+    metrics: dict[str, np.ndarray] | None = None,
+    scalars: dict[str, np.ndarray] | None = None,
+    activation: str | None = None,
+    n: int = L,
+    kind: str = "Linear",
+) -> Run:
+    layers = [Layer(i, f"fc{i}", kind, 100, True, activation) for i in range(n)]
+    return Run.from_arrays(
+        layers=layers,
+        metrics={k: (np.arange(len(v)), v) for k, v in (metrics or {}).items()},
+        scalars={k: (np.arange(len(v)), v) for k, v in (scalars or {}).items()},
+    )
+
+
+def by_kind(findings: list[Finding], kind: str) -> list[Finding]:
+    return [f for f in findings if f.kind == kind]
+
+
+def one(findings: list[Finding], kind: str) -> Finding:
+    hits = by_kind(findings, kind)
+    assert len(hits) == 1, [str(f) for f in findings]
+    return hits[0]
+
+
+# ---------------------------------------------------------------------------- depth
+@pytest.mark.parametrize(
+    ("metric", "per_layer", "kind", "severity"),
+    [
+        ("grad_rms", 0.3, "vanishing_gradients", Severity.CRITICAL),  # 0.3^9 = 2e-5
+        ("grad_rms", 0.55, "vanishing_gradients", Severity.WARNING),  # 0.55^9 = 4.6e-3
+        ("grad_rms", 0.72, "vanishing_gradients", Severity.INFO),  # 0.72^9 = 0.052
+        ("act_grad_norm", 0.3, "vanishing_gradients", Severity.CRITICAL),
+        ("grad_rms", 3.0, "exploding_gradients", Severity.CRITICAL),  # 3^9 = 2e4
+        ("grad_rms", 1.8, "exploding_gradients", Severity.WARNING),  # 1.8^9 = 198
+        ("act_grad_norm", 1.35, "exploding_gradients", Severity.INFO),  # 1.35^9 = 15
+    ],
+)
+def test_depth_profile_is_fitted(
+    metric: str, per_layer: float, kind: str, severity: Severity
+) -> None:
+    run = make_run(metrics={metric: depth_values(per_layer)})
+    f = one(diagnose(run), kind)
+    assert f.severity is severity
+    assert f.data["signal"] == metric
+    assert f.data["per_layer"] == pytest.approx(per_layer, rel=0.05)
+    assert f.data["ratio_first_last"] == pytest.approx(per_layer**9, rel=0.4)
+    assert f.layers == tuple(f"fc{i}" for i in range(L))
+    assert f.remedies and f.evidence and f.cause
+
+
+@pytest.mark.parametrize("per_layer", [0.8, 0.9, 1.0, 1.1, 1.25])
+def test_healthy_depth_profiles_stay_silent(per_layer: float) -> None:
+    # 1.25^9 = 7.5 and 0.8^9 = 0.13: within the 10x measured on healthy nets
+    run = make_run(metrics={"grad_rms": depth_values(per_layer, noise=0.3)})
+    findings = diagnose(run)
+    assert not by_kind(findings, "vanishing_gradients")
+    assert not by_kind(findings, "exploding_gradients")
+    assert one(findings, "healthy").data["per_layer"] == pytest.approx(per_layer, rel=0.1)
+
+
+def test_exploding_hidden_from_weight_gradients_is_found_from_dl_dh() -> None:
+    # ReLU at sigma_w^2 = 4: activations grow forward x sqrt(2), dL/dh grows backward x sqrt(2),
+    # the weight gradient (their product) stays flat over depth.
+    n = 20
+    g = np.sqrt(2.0)
+    run = make_run(
+        n=n,
+        metrics={
+            "grad_rms": depth_values(1.0, n=n),
+            "act_grad_norm": depth_values(g, n=n),
+            "act_std": 1.0 / depth_values(g, n=n),
+        },
+        scalars={"loss": np.r_[np.full(5, 140.0), np.full(25, 1.4)]},
+    )
+    f = one(diagnose(run), "exploding_gradients")
+    assert f.severity is Severity.WARNING  # 2^9.5 ~ 724x: warning by magnitude
+    assert f.data["per_layer"] == pytest.approx(g, rel=0.05)
+    assert f.data["forward_ratio"] == pytest.approx(g ** (n - 1), rel=0.5)
+    assert "weight-gradient RMS stays flat" in f.evidence
+    assert "loss starts 100x" in f.evidence
+
+
+def test_loss_far_too_large_makes_a_mild_explosion_a_warning() -> None:
+    mild = {"act_grad_norm": depth_values(1.35)}
+    assert one(diagnose(make_run(metrics=mild)), "exploding_gradients").severity is Severity.INFO
+    loss = np.r_[np.full(5, 50.0), np.full(25, 1.0)]
+    f = one(diagnose(make_run(metrics=mild, scalars={"loss": loss})), "exploding_gradients")
+    assert f.severity is Severity.WARNING
+
+
+def test_batchnorm_layers_are_off_the_depth_axis() -> None:
+    # Linear layers vanish x0.3 per layer; interleaved BatchNorm layers carry unrelated scales.
+    layers = []
+    cols = []
+    lin = depth_values(0.3)
+    rng = np.random.default_rng(1)
+    for i in range(L):
+        layers.append(Layer(len(layers), f"fc{i}", "Linear"))
+        cols.append(lin[:, i])
+        if i < L - 1:
+            layers.append(Layer(len(layers), f"bn{i}", "BatchNorm1d", activation="ReLU"))
+            cols.append(rng.uniform(1e-3, 1.0, S))
+    run = Run.from_arrays(
+        layers=layers, metrics={"grad_rms": (np.arange(S), np.stack(cols, axis=1))}
+    )
+    f = one(diagnose(run), "vanishing_gradients")
+    assert f.layers == tuple(f"fc{i}" for i in range(L))
+    assert f.data["per_layer"] == pytest.approx(0.3, rel=0.05)
+
+
+def test_adaptive_optimizer_compensation_lowers_severity() -> None:
+    grads = depth_values(0.55)  # warning by magnitude
+    flat_updates = depth_values(1.0)
+    vanishing_updates = depth_values(0.55)
+    f = one(
+        diagnose(make_run(metrics={"grad_rms": grads, "update_ratio": flat_updates})),
+        "vanishing_gradients",
+    )
+    assert f.severity is Severity.INFO and f.data["compensated"]
+    f = one(
+        diagnose(make_run(metrics={"grad_rms": grads, "update_ratio": vanishing_updates})),
+        "vanishing_gradients",
+    )
+    assert f.severity is Severity.WARNING and not f.data["compensated"]
+
+
+def test_underflowed_early_layers_are_critical() -> None:
+    v = depth_values(0.8)
+    v[:, :4] = 0.0  # the gradient underflowed to exactly 0 in fp32
+    f = one(diagnose(make_run(metrics={"grad_rms": v})), "vanishing_gradients")
+    assert f.severity is Severity.CRITICAL
+    assert f.data["zero_layers"] == ["fc0", "fc1", "fc2", "fc3"]
+    assert "exactly zero gradient" in f.evidence
+
+
+def test_sigmoid_vanishing_ranks_activation_change_first() -> None:
+    run = make_run(metrics={"grad_rms": depth_values(0.3)}, activation="Sigmoid")
+    f = one(diagnose(run), "vanishing_gradients")
+    assert f.remedies[0].name == "ReLU-family activation"
+    assert "0.25" in f.cause
+    assert len(f.remedies) <= DiagnosisConfig().max_remedies
+
+
+# ---------------------------------------------------------------------------- over time
+def lognormal(n: int, sigma: float, seed: int = 0, level: float = 1.0) -> np.ndarray:
+    return level * np.exp(sigma * np.random.default_rng(seed).standard_normal(n))
+
+
+def test_gradient_spikes_are_found_at_their_steps() -> None:
+    g = lognormal(200, 0.3)
+    g[[60, 150]] *= 50
+    f = one(diagnose(make_run(scalars={"grad_norm_total": g})), "exploding_gradients")
+    assert f.severity is Severity.WARNING
+    assert f.data["spike_steps"] == [60, 150]
+    assert "first at step 60" in f.evidence
+    assert f.layers == ()
+    assert [r.name for r in f.remedies[:2]] == ["gradient norm clipping", "a lower learning rate"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("sigma", [0.2, 0.5, 0.8])
+def test_noise_does_not_trigger_spikes(seed: int, sigma: float) -> None:
+    g = lognormal(500, sigma, seed)
+    findings = diagnose(
+        make_run(scalars={"grad_norm_total": g, "loss": lognormal(500, 0.2, seed + 9)})
+    )
+    assert not by_kind(findings, "exploding_gradients")
+    assert not by_kind(findings, "divergence")
+
+
+@pytest.mark.parametrize(
+    ("rate", "severity"), [(1.03, Severity.WARNING), (1.06, Severity.CRITICAL), (1.005, None)]
+)
+def test_exponential_growth_over_time(rate: float, severity: Severity | None) -> None:
+    g = rate ** np.arange(200) * lognormal(200, 0.1)
+    found = by_kind(diagnose(make_run(scalars={"grad_norm_total": g})), "exploding_gradients")
+    if severity is None:
+        assert not found
+    else:
+        assert len(found) == 1 and found[0].severity is severity
+        k = 40
+        expect = np.median(g[-k:]) / np.median(g[:k])
+        assert found[0].data["growth"] == pytest.approx(expect)
+
+
+def test_weight_norms_growing_an_order_of_magnitude() -> None:
+    w = np.ones((50, L))
+    w[:, 3] = np.geomspace(1.0, 30.0, 50)
+    f = one(diagnose(make_run(metrics={"weight_norm": w})), "exploding_gradients")
+    assert list(f.data["weight_growth"]) == ["fc3"]
+    assert "'fc3'" in f.evidence
+
+
+# ---------------------------------------------------------------------------- non-finite
+def test_nonfinite_names_first_step_and_layer() -> None:
+    nf = np.zeros((12, L))
+    nf[7, 4] = 3.0
+    nf[8:, :] = 100.0
+    loss = np.ones(12)
+    loss[8:] = np.nan
+    f = one(diagnose(make_run(metrics={"nonfinite": nf}, scalars={"loss": loss})), "nonfinite")
+    assert f.severity is Severity.CRITICAL
+    assert f.steps == (7, 11) and f.layers == ("fc4",)
+    assert f.data["first_step"] == 7 and f.data["sources"]["loss"] == 8
+    assert len(f.data["layers_affected"]) == L
+
+
+def test_nonfinite_weights_are_the_origin() -> None:
+    # a NaN weight in fc6 makes every gradient NaN at the same step: the weight is the origin
+    w = np.ones((10, L))
+    w[5:, 6] = np.nan
+    nf = np.zeros((10, L))
+    nf[5:, :] = 1
+    f = one(diagnose(make_run(metrics={"weight_norm": w, "nonfinite": nf})), "nonfinite")
+    assert f.layers == ("fc6",) and f.steps[0] == 5
+
+
+@pytest.mark.parametrize(
+    ("metrics", "scalars", "expect"),
+    [
+        ({"grad_norm": np.where(np.arange(L) == 2, np.inf, 1.0) * np.ones((4, L))}, {}, (0, "fc2")),
+        ({}, {"loss": np.r_[np.ones(6), np.inf]}, (6, None)),
+        ({}, {"grad_norm_total": np.r_[np.ones(3), np.nan, np.ones(3)]}, (3, None)),
+        # NaN in a layer that never has a value means "not recorded", not NaN
+        ({"grad_norm": np.where(np.arange(L) == 2, np.nan, 1.0) * np.ones((4, L))}, {}, None),
+        ({"act_grad_norm": np.full((4, L), np.nan)}, {"loss": np.ones(5)}, None),
+    ],
+)
+def test_nonfinite_sources(metrics, scalars, expect) -> None:
+    found = by_kind(diagnose(make_run(metrics=metrics, scalars=scalars)), "nonfinite")
+    if expect is None:
+        assert not found
+    else:
+        (f,) = found
+        assert f.data["first_step"] == expect[0] and f.data["first_layer"] == expect[1]
+
+
+# ---------------------------------------------------------------------------- activations
+@pytest.mark.parametrize(
+    ("act", "frac", "severity"),
+    [
+        ("Tanh", 0.6, Severity.WARNING),
+        ("Sigmoid", 0.9, Severity.CRITICAL),
+        ("Tanh", 0.1, None),
+        ("Tanh", np.nan, None),
+    ],
+)
+def test_saturation(act: str, frac: float, severity: Severity | None) -> None:
+    sat = np.full((S, L), frac)
+    sat[:, :5] = 0.01
+    found = by_kind(diagnose(make_run(metrics={"act_sat_frac": sat}, activation=act)), "saturation")
+    if severity is None:
+        assert not found
+        return
+    (f,) = found
+    assert f.severity is severity
+    assert f.layers == tuple(f"fc{i}" for i in range(5, L))
+    assert f.data["sat_frac"]["fc7"] == pytest.approx(frac)
+    assert f.remedies[0].name == "ReLU-family activation"
+
+
+@pytest.mark.parametrize(
+    ("act", "frac", "severity"),
+    [
+        ("ReLU", 0.95, Severity.WARNING),
+        ("ReLU", 0.999, Severity.CRITICAL),
+        ("ReLU", 0.5, None),
+        ("LeakyReLU", 0.999, None),  # leaky units cannot die (and are never exactly 0)
+        (None, 0.999, None),
+    ],
+)
+def test_dead_units(act: str | None, frac: float, severity: Severity | None) -> None:
+    z = np.full((S, L), 0.5)
+    z[:, 2] = frac
+    found = by_kind(diagnose(make_run(metrics={"act_zero_frac": z}, activation=act)), "dead_units")
+    if severity is None:
+        assert not found
+        return
+    (f,) = found
+    assert f.severity is severity and f.layers == ("fc2",)
+    assert [r.name for r in f.remedies[:3]] == [
+        "Leaky ReLU / ELU / GELU",
+        "a lower learning rate",
+        "He (Kaiming) initialisation",
+    ]
+
+
+# ---------------------------------------------------------------------------- loss
+def test_stalled_learning() -> None:
+    flat = 1.386 + 0.01 * np.random.default_rng(0).standard_normal(100)
+    f = one(diagnose(make_run(scalars={"loss": flat})), "stalled_learning")
+    assert f.severity is Severity.WARNING
+    assert abs(f.data["relative_decrease"]) < 0.02
+    learning = np.linspace(2.0, 0.5, 100) + 0.01 * np.random.default_rng(0).standard_normal(100)
+    assert not by_kind(diagnose(make_run(scalars={"loss": learning})), "stalled_learning")
+    assert not by_kind(diagnose(make_run(scalars={"loss": flat[:10]})), "stalled_learning")
+
+
+def test_divergence_rising_loss() -> None:
+    loss = np.r_[np.linspace(2.0, 0.5, 60), np.linspace(0.5, 3.0, 40)]
+    f = one(diagnose(make_run(scalars={"loss": loss})), "divergence")
+    assert f.severity is Severity.WARNING
+    assert f.data["loss_best"] == pytest.approx(0.5, rel=0.1)
+    assert f.remedies[0].name == "a lower learning rate"
+
+
+def test_divergence_loss_spike_and_oscillation() -> None:
+    loss = np.linspace(2.0, 1.0, 100) * np.exp(0.02 * np.random.default_rng(0).standard_normal(100))
+    loss[70] = 20.0
+    f = one(diagnose(make_run(scalars={"loss": loss})), "divergence")
+    assert f.data["spike_steps"] == [70]
+    osc = 1.0 + 0.8 * (-1.0) ** np.arange(100)  # 1.8, 0.2, 1.8, ...
+    f = one(diagnose(make_run(scalars={"loss": osc})), "divergence")
+    assert "oscillates" in f.evidence
+
+
+# ---------------------------------------------------------------------------- diagnose()
+def test_sorted_by_severity_and_healthy_only_when_nothing_warns() -> None:
+    run = make_run(
+        metrics={
+            "grad_rms": depth_values(0.72),
+            "nonfinite": np.r_[np.zeros((19, L)), np.ones((1, L))],
+        },
+    )
+    findings = diagnose(run)
+    assert [f.severity for f in findings] == sorted(
+        (f.severity for f in findings), key=lambda s: -s.rank
+    )
+    assert findings[0].kind == "nonfinite"
+    assert not by_kind(findings, "healthy")
+    healthy = one(diagnose(make_run(metrics={"grad_rms": depth_values(1.0)})), "healthy")
+    assert healthy.severity is Severity.INFO and "per layer" in healthy.evidence
+
+
+def test_empty_run_says_no_data() -> None:
+    (f,) = diagnose(Run.from_arrays(layers=["a", "b"]))
+    assert f.kind == "no_data" and f.severity is Severity.INFO
+
+
+def test_thresholds_come_from_the_config() -> None:
+    run = make_run(metrics={"grad_rms": depth_values(0.72)})  # ratio ~19
+    assert one(diagnose(run), "vanishing_gradients").severity is Severity.INFO
+    strict = DiagnosisConfig(depth_info=2.0, depth_warning=5.0, depth_critical=1e3)
+    assert one(diagnose(run, config=strict), "vanishing_gradients").severity is Severity.WARNING
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ConfigError, match="needs a gradguard Run"):
+        diagnose({"grad_norm": []})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="DiagnosisConfig"):
+        diagnose(make_run(), config={"depth_info": 3})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="depth_info <= depth_warning"):
+        DiagnosisConfig(depth_info=1000.0)
+
+
+def test_finding_renders() -> None:
+    run = make_run(metrics={"grad_rms": depth_values(0.3)}, activation="Sigmoid")
+    f = one(diagnose(run), "vanishing_gradients")
+    text = str(f)
+    assert text.startswith("[CRITICAL] vanishing gradients (layers fc0, fc1, fc2, fc3 (+6 more)")
+    assert re.search(r"falls x0\.(29|30|31)\d* per layer", text), text
+    assert "1. ReLU-family activation" in text
+    from rich.console import Console
+
+    console = Console(width=100, record=True, color_system=None)
+    console.print(f)
+    out = console.export_text()
+    assert "CRITICAL vanishing gradients" in out and "evidence" in out and "gg.init_" in out
+    assert math.isclose(f.to_dict()["data"]["per_layer"], f.data["per_layer"])
