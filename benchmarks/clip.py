@@ -4,7 +4,8 @@ Workloads (the Foundation's): W1 = 24 x (Linear(512, 512) + tanh), batch 256;
 W2 = 6-layer GPT (d_model 384, 6 heads, seq 128, batch 16, vocab 512).
 One forward/backward makes the gradients; before every timed call they are restored from a
 saved copy (not timed), so every clipper sees the same fresh gradients. Rounds are
-interleaved (all methods once per round, shuffled order); the table shows medians.
+interleaved (all methods once per round, shuffled order); the table shows the median time
+and the median over rounds of the per-round ratio to torch's clip_grad_norm_.
 
     PYTHONPATH=src python benchmarks/clip.py [--rounds 40] [--threads 2]
 """
@@ -113,13 +114,17 @@ def bench(name: str, build: Callable[[], tuple[nn.Module, Callable]], rounds: in
             dt = time.perf_counter() - t0
             if r >= 3:  # first rounds warm up allocator and caches
                 times[k].append(dt)
-    ref = statistics.median(times["torch clip_grad_norm_ (default)"])
-    ref_fe = statistics.median(times["torch clip_grad_norm_ (foreach)"])
+    # ratios taken within each round (same machine state), then the median over rounds:
+    # robust to load that drifts between rounds on a shared machine
+    base = times["torch clip_grad_norm_ (default)"]
+    base_fe = times["torch clip_grad_norm_ (foreach)"]
     print(f"\n{name}: {len(params)} grad tensors, {gbytes / 2**20:.1f} MiB, {rounds} rounds")
     print(f"{'method':34s} {'median ms':>10s} {'vs default':>11s} {'vs foreach':>11s}")
     for k in meths:
         med = statistics.median(times[k])
-        print(f"{k:34s} {med * 1e3:10.3f} {med / ref:10.2f}x {med / ref_fe:10.2f}x")
+        r = statistics.median(t / b for t, b in zip(times[k], base))
+        r_fe = statistics.median(t / b for t, b in zip(times[k], base_fe))
+        print(f"{k:34s} {med * 1e3:10.3f} {r:10.2f}x {r_fe:10.2f}x")
 
 
 def main() -> None:
