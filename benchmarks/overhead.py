@@ -190,7 +190,7 @@ def bench(name: str, quick: bool, rounds: int, steps: int, warmup: int) -> dict:
         setups[kind] = Variant("bare" if kind == "bare2" else kind, model, make_opt(model))
     per_step: dict[str, list[float]] = {k: [] for k in setups}
     rng = random.Random(0)
-    for kind, v in setups.items():
+    for v in setups.values():
         time_steps(name, v, batch, warmup)
     for r in range(rounds):
         order = list(setups)
