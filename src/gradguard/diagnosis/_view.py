@@ -90,15 +90,18 @@ class RunView:
         return steps[order], vals[order]
 
     def depth_fit(self, name: str, window: str) -> DepthFit | None:
-        """Fit log10(metric) over the main layers in the "start" or "recent" window."""
+        """Fit log10(metric) over the main layers at the first recorded step ("start") or over
+        the recent window (median per layer over the last ``recent_fraction`` of the steps)."""
         steps, vals = self.metric(name)
         cols = self.main
         if len(steps) == 0 or len(cols) < 2:
             return None
         order = np.argsort(steps, kind="stable")
         steps, vals = steps[order], vals[order][:, cols]
-        start, recent = windows(len(steps), self.config.start_steps, self.config.recent_fraction)
-        sl = start if window == "start" else recent
+        # "start" is the first recorded step (initialisation): training can heal a bad init
+        # within a few steps, so a median over more would hide it.
+        _, recent = windows(len(steps), 1, self.config.recent_fraction)
+        sl = slice(0, 1) if window == "start" else recent
         w = vals[sl]
         prof = log_profile(w)
         zero = tuple(

@@ -29,9 +29,10 @@ class DiagnosisConfig:
     depth_info: float = 10.0
     depth_warning: float = 100.0
     depth_critical: float = 1e4
-    # Steps at the start of the run summarised as "at initialisation".
+    # Depth profiles are judged at the first recorded step (initialisation) and over the recent
+    # window. Loss points at the start of the run compared with its later level.
     start_steps: int = 5
-    # Fraction of the run (at least start_steps steps) summarised as "recently".
+    # Fraction of the run summarised as "recently" (median per layer).
     recent_fraction: float = 0.25
     # Early layers whose update_ratio is at least this fraction of the last layers' still learn
     # (an adaptive optimizer compensates): a vanishing finding drops one severity level.

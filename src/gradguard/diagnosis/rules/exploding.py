@@ -54,7 +54,8 @@ def _loss_start_ratio(view: RunView) -> float:
 def check_depth(view: RunView) -> list[Finding]:
     cfg = view.config
     sig = view.backward_signal()
-    back = _best([view.depth_fit(sig, "start"), view.depth_fit(sig, "recent")])
+    start, recent = view.depth_fit(sig, "start"), view.depth_fit(sig, "recent")
+    back = _best([start, recent])
     fwd_fits = [view.depth_fit("act_std", w) for w in ("start", "recent")]
     fwd = min((f for f in fwd_fits if f is not None and f.ok), key=lambda f: f.gain, default=None)
     back_ratio = back.gain if back is not None else math.nan
@@ -108,6 +109,8 @@ def check_depth(view: RunView) -> list[Finding]:
             data={
                 "signal": sig,
                 "per_layer": back.per_layer if back is not None else math.nan,
+                "per_layer_start": start.per_layer if start is not None else math.nan,
+                "per_layer_recent": recent.per_layer if recent is not None else math.nan,
                 "ratio_first_last": back_ratio,
                 "forward_ratio": fwd_ratio,
                 "loss_start_ratio": lr,

@@ -36,7 +36,8 @@ def _worst(fits: list[DepthFit]) -> DepthFit | None:
 def check(view: RunView) -> list[Finding]:
     cfg = view.config
     sig = view.backward_signal()
-    fit = _worst([f for f in (view.depth_fit(sig, "start"), view.depth_fit(sig, "recent")) if f])
+    start, recent = view.depth_fit(sig, "start"), view.depth_fit(sig, "recent")
+    fit = _worst([f for f in (start, recent) if f])
     if fit is None:
         return []
     ratio = 1.0 / fit.gain if fit.gain > 0 else math.inf
@@ -96,6 +97,8 @@ def check(view: RunView) -> list[Finding]:
             data={
                 "signal": sig,
                 "per_layer": fit.per_layer,
+                "per_layer_start": start.per_layer if start is not None else math.nan,
+                "per_layer_recent": recent.per_layer if recent is not None else math.nan,
                 "ratio_first_last": fit.gain,
                 "first": fit.first,
                 "last": fit.last,
