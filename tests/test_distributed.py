@@ -156,6 +156,9 @@ def _worker(rank: int, port: int, out: str, fsdp: bool) -> None:
         _ddp(rank, o, o / "ddp.db")
         _ddp_no_sync(rank, o)
         _nonfinite_on_one_rank(rank, o)
+        from examples.ddp_example import train
+
+        train(rank, o / "example.db", steps=3)
         if fsdp:
             try:
                 _fsdp2(rank, o)
@@ -287,3 +290,12 @@ def test_reducer_without_process_group_is_a_clear_error() -> None:
     assert not dist.is_initialized()
     with pytest.raises(gg.GradguardError, match="init_process_group"):
         DistributedReducer()
+
+
+def test_ddp_example_trains_in_the_ranks(ranks_out: Path) -> None:
+    # the example's train() ran inside the same two ranks (spawning costs ~10 s: DDP imports dynamo)
+    run = gg.load(ranks_out / "example.db", name="ddp-example")
+    steps, values = run.metric("grad_norm")
+    assert steps.tolist() == [0, 1, 2] and values.shape == (3, 3)
+    assert np.isfinite(values).all()
+    assert run.scalar("loss")[0].tolist() == [0, 1, 2]
