@@ -38,7 +38,7 @@ def diagnose(run: Run, *, config: DiagnosisConfig | None = None) -> list[Finding
     elif not isinstance(config, DiagnosisConfig):
         raise ConfigError(
             f"config must be a DiagnosisConfig, got {type(config).__name__}; "
-            "build one with gg.diagnosis.DiagnosisConfig(...)"
+            "build one with gradguard.diagnosis.DiagnosisConfig(...)"
         )
     view = RunView(run, config)
     findings: list[Finding] = []

@@ -22,6 +22,12 @@ _RECURRENT = {"RNN", "RNNCell"}  # vanilla recurrences (LSTM/GRU are the remedy)
 _SIDE_KINDS = ("Norm", "Embedding")  # layers whose statistics are not on the depth axis
 
 
+def _pow10(x: float) -> float:
+    """10**x that saturates to inf / 0 instead of raising OverflowError."""
+    with np.errstate(over="ignore", under="ignore"):
+        return float(np.power(10.0, x))
+
+
 @dataclass(frozen=True)
 class DepthFit:
     """A log-linear fit of a per-layer statistic against depth, over one window of steps.
@@ -119,11 +125,11 @@ class RunView:
         first_j, last_j = int(np.flatnonzero(ok)[0]), int(np.flatnonzero(ok)[-1])
         return DepthFit(
             metric=name,
-            per_layer=10.0 ** (-b),
-            gain=10.0 ** (-b * span),
+            per_layer=_pow10(-b),
+            gain=_pow10(-b * span),
             n=n,
-            first=10.0 ** float(prof[first_j]),
-            last=10.0 ** float(prof[last_j]),
+            first=_pow10(float(prof[first_j])),
+            last=_pow10(float(prof[last_j])),
             steps=(int(steps[sl][0]), int(steps[sl][-1])),
             zero_layers=zero,
         )
