@@ -28,11 +28,12 @@ def _default_output(store: str, name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gradguard.report.html import render_run, write_report
+    from gradguard.report.html import check_output_path, render_run, write_report
     from gradguard.store import load
 
     rec = load(args.store, args.name)  # StoreError (a GradguardError) on a missing or foreign file
-    out = Path(args.output) if args.output else _default_output(args.store, rec.name)
+    # check the output directory before the (seconds-long) rendering
+    out = check_output_path(args.output or _default_output(args.store, rec.name))
     path = write_report(out, render_run(rec, title=args.title))
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
     return 0

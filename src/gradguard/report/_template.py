@@ -45,7 +45,9 @@ td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
 tbody tr:hover { background:#fafbfc; }
 article.finding { border:1px solid var(--line); border-left:6px solid var(--sev); border-radius:4px;
   padding:.6rem 1rem .5rem; margin:.7rem 0; background:#fff; }
-article.finding h3 { margin:0 0 .2rem; }
+article.finding h3, article.finding h5 { margin:0 0 .2rem; font-size:1rem; }
+h4 { font-size:.98rem; margin:1rem 0 .2rem; }
+details summary { cursor:pointer; color:var(--accent); margin:.2rem 0; }
 .badge { display:inline-block; font-size:.72rem; font-weight:700; letter-spacing:.04em; color:#fff;
   background:var(--sev); border-radius:3px; padding:.05rem .4rem; margin-right:.5rem; vertical-align:.1em; }
 .sev-info { --sev:var(--info); } .sev-warning { --sev:var(--warning); } .sev-critical { --sev:var(--critical); }

@@ -21,7 +21,7 @@ from gradguard.report._parts import findings_html, severity_counts, table_html
 from gradguard.report._template import esc, figure, page
 from gradguard.store import Run
 
-__all__ = ["render_run", "render_lab", "write_report", "run_findings"]
+__all__ = ["render_run", "render_lab", "write_report", "check_output_path", "run_findings"]
 
 _LAYER_COLS = (
     "index",
@@ -212,18 +212,29 @@ def render_run(
     return page(title or f"gradguard report: {run.name}", sub, [(a, t) for a, t, _ in secs], body)
 
 
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """The output path, after checking that its directory exists (before any rendering work).
+
+    Raises:
+        GradguardError: the directory does not exist.
+    """
+    p = Path(path)
+    parent = p.resolve().parent
+    if not parent.is_dir():
+        raise GradguardError(
+            f"cannot write report {str(p)!r}: directory {str(parent)!r} does not exist; "
+            "create it or pass -o elsewhere"
+        )
+    return p
+
+
 def write_report(path: str | os.PathLike[str], html: str) -> Path:
     """Write an HTML page (UTF-8) and return its path.
 
     Raises:
         GradguardError: the directory does not exist or is not writable.
     """
-    p = Path(path)
-    parent = p.resolve().parent
-    if not parent.is_dir():
-        raise GradguardError(
-            f"cannot write report {str(p)!r}: directory {str(parent)!r} does not exist; create it or pass -o elsewhere"
-        )
+    p = check_output_path(path)
     try:
         p.write_text(html, encoding="utf-8")
     except OSError as e:
