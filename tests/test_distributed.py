@@ -74,13 +74,30 @@ def train_single(accumulate: int = 1) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------- the two ranks
+class _CountingSink:
+    """Counts the grad_norm steps it is fed; the count is written to a file at close."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.steps = path, 0
+
+    def write(self, batch, layers) -> None:  # type: ignore[no-untyped-def]
+        if "grad_norm" in batch.metrics:
+            self.steps += len(batch.metrics["grad_norm"][0])
+
+    def close(self) -> None:
+        self.path.write_text(str(self.steps))
+
+
 def _ddp(rank: int, out: Path, store: Path) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     model = make_model()
     ddp = DDP(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
-    mon = gg.watch(model, opt, config="full", diagnose_online=False, store=store, name="ddp")
+    sink = _CountingSink(out / f"sink-{rank}.txt")
+    mon = gg.watch(
+        model, opt, config="full", diagnose_online=False, store=store, name="ddp", sinks=[sink]
+    )
     assert isinstance(mon.reducer, DistributedReducer)  # picked by itself
     assert (mon.store_path is not None) == (rank == 0)  # only rank 0 writes
     for s in range(STEPS):
@@ -233,6 +250,9 @@ def test_ddp_only_rank0_writes_the_store(ranks_out: Path, single: dict[str, np.n
     assert steps.tolist() == list(range(STEPS))
     np.testing.assert_allclose(values, single["grad_norm"], rtol=1e-5)
     assert run.config["watch"]["activations"] is True
+    # sinks are fed on the writing rank only
+    assert (ranks_out / "sink-0.txt").read_text() == str(STEPS)
+    assert (ranks_out / "sink-1.txt").read_text() == "0"
 
 
 def test_ddp_no_sync_accumulation_records_once_per_optimizer_step(
