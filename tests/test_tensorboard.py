@@ -50,6 +50,8 @@ def train(tmp_path: Path, sinks: list, steps: int = STEPS) -> gg.Run:
             mon.log(loss=loss)
             if s == 1:
                 mon.event("note", "learning rate looks fine", layer="2")
+            if s == 3:
+                mon.event("finding:exploding_gradients", "CRITICAL exploding gradients in 4")
     return gg.load(tmp_path / "run.db", name="tb")
 
 
@@ -91,6 +93,9 @@ def test_scalars_events_findings_histograms_and_layout(
     assert "events/text_summary" in tensors
     text = acc.Tensors("events/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "note [2]: learning rate looks fine" in text
+    found = acc.Tensors("findings/text_summary")
+    assert [f.step for f in found] == [3]
+    assert "CRITICAL exploding gradients in 4" in found[0].tensor_proto.string_val[0].decode()
     assert "custom_scalars__config__" in tensors  # the one-chart-per-metric layout
     hist = acc.Tags()["histograms"]
     assert "weights/00_0" in hist and "grads/02_4" in hist
