@@ -75,3 +75,23 @@ def test_healthy_run_reports_nothing_online() -> None:
     got: list[Finding] = []
     record(mlp(4, 16, nn.ReLU, sigma_w2=2.0), steps=10, flush_every=5, on_finding=got.append)
     assert got == []
+
+
+def test_online_sees_the_start_and_a_bounded_tail() -> None:
+    # 3000 steps: a spike at step 100 is outside the online tail (last 1000 steps), one at 2500
+    # inside; the depth profile at step 0 (vanishing at init) is always kept.
+    s, n = 3000, 6
+    g = np.exp(0.2 * np.random.default_rng(0).standard_normal(s))
+    g[[100, 2500]] *= 100
+    prof = np.ones((s, n))
+    prof[0] = 1e-2 * 0.1 ** np.arange(n - 1, -1, -1)
+    run = Run.from_arrays(
+        layers=[f"l{i}" for i in range(n)],
+        metrics={"grad_rms": (np.arange(s), prof)},
+        scalars={"grad_norm_total": (np.arange(s), g)},
+    )
+    full = {f.kind: f for f in gg.diagnose(run)}
+    assert full["exploding_gradients"].data["spike_steps"] == [100, 2500]
+    online = {f.kind: f for f in new_findings(run, set())}
+    assert online["exploding_gradients"].data["spike_steps"] == [2500]
+    assert online["vanishing_gradients"].steps == (0, 0)

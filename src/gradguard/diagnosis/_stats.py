@@ -76,27 +76,29 @@ def spikes(values: np.ndarray, *, window: int, ratio: float, z: float) -> np.nda
 
     A point i is a spike when ``values[i] >= ratio * median(prev)`` and
     ``(log v_i - median(log prev)) / (1.4826 * MAD(log prev)) >= z``, where ``prev`` are the up to
-    ``window`` finite positive points before it (at least 5 needed). Non-finite points are skipped.
+    ``window`` finite positive points before it (at least 5 needed). Non-finite and non-positive
+    points are skipped. Vectorised over sliding windows (in chunks), so it stays cheap online.
     """
-    v = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(v) & (v > 0)
-    lg = np.where(ok, np.log(np.where(ok, v, 1.0)), np.nan)
-    out: list[int] = []
-    hist: list[float] = []
-    log_ratio = math.log(ratio)
-    for i in range(len(v)):
-        if not ok[i]:
-            continue
-        if len(hist) >= 5:
-            prev = np.asarray(hist[-window:])
-            med = float(np.median(prev))
-            mad = float(np.median(np.abs(prev - med))) * 1.4826
-            d = lg[i] - med
-            if d >= log_ratio and d >= z * max(mad, 1e-12):
-                out.append(i)
-                continue  # a spike does not enter the history it is judged against
-        hist.append(float(lg[i]))
-    return np.asarray(out, dtype=np.int64)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    ok = np.flatnonzero(np.isfinite(v) & (v > 0))
+    if len(ok) <= 5 or window < 1:
+        return np.zeros(0, dtype=np.int64)
+    x = np.log(v[ok])
+    padded = np.concatenate([np.full(window, np.nan), x])
+    hits: list[np.ndarray] = []
+    chunk = 65536
+    for a in range(0, len(x), chunk):
+        b = min(len(x), a + chunk)
+        prev = np.lib.stride_tricks.sliding_window_view(padded[a : b + window - 1], window)
+        enough = np.sum(np.isfinite(prev), axis=1) >= 5
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(prev, axis=1)
+            mad = 1.4826 * np.nanmedian(np.abs(prev - med[:, None]), axis=1)
+        d = x[a:b] - med
+        hit = enough & (d >= math.log(ratio)) & (d >= z * np.maximum(mad, 1e-12))
+        hits.append(ok[a:b][hit])
+    return np.concatenate(hits).astype(np.int64)
 
 
 def windows(n: int, start: int, recent_fraction: float) -> tuple[slice, slice]:

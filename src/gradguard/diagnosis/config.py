@@ -73,6 +73,11 @@ class DiagnosisConfig:
     oscillation_alternation: float = 0.85
     oscillation_amplitude: float = 0.5
 
+    # --- online ---
+    # At each flush the rules see the first start_steps and the last online_window recorded
+    # steps of every series, so the cost per flush stays bounded on long runs (~50 ms at 60 layers).
+    online_window: int = 1000
+
     # --- presentation ---
     max_remedies: int = 5  # remedies shown per finding
 
@@ -82,7 +87,13 @@ class DiagnosisConfig:
                 "DiagnosisConfig needs 1 < depth_info <= depth_warning <= depth_critical, got "
                 f"{self.depth_info}, {self.depth_warning}, {self.depth_critical}"
             )
-        for name in ("start_steps", "spike_window", "min_loss_points", "max_remedies"):
+        for name in (
+            "start_steps",
+            "spike_window",
+            "min_loss_points",
+            "max_remedies",
+            "online_window",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(
                     f"DiagnosisConfig.{name} must be >= 1, got {getattr(self, name)!r}"

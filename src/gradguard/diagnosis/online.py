@@ -6,6 +6,8 @@ warns once per new finding, stores it as an event and calls ``on_finding``.
 
 from __future__ import annotations
 
+import numpy as np
+
 from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Finding, Severity
@@ -45,7 +47,8 @@ def new_findings(
     """
     from gradguard.diagnosis.rules import RULES
 
-    view = RunView(run, config or DiagnosisConfig())
+    config = config or DiagnosisConfig()
+    view = RunView(_bounded(run, config.start_steps, config.online_window), config)
     out: list[Finding] = []
     for kind in ONLINE_RULES:
         for f in RULES[kind](view):
@@ -54,3 +57,22 @@ def new_findings(
                 seen.add(key)
                 out.append(f)
     return sorted(out, key=lambda f: -f.severity.rank)
+
+
+def _bounded(run: Run, head: int, tail: int) -> Run:
+    """The run with each series cut to its first ``head`` and last ``tail`` recorded steps."""
+
+    def cut(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(steps) <= head + tail:
+            return steps, values
+        keep = np.r_[np.arange(head), np.arange(len(steps) - tail, len(steps))]
+        return steps[keep], values[keep]
+
+    return Run(
+        run.name,
+        run.layers,
+        {m: cut(*run.metric(m)) for m in run.metric_names},
+        {s: cut(*run.scalar(s)) for s in run.scalar_names},
+        run.events,
+        run.config,
+    )

@@ -31,7 +31,9 @@ def check(view: RunView) -> list[Finding]:
     severity: Severity | None = None
     start, end = fifths(loss)
     k = max(2, len(loss) // 5)
-    smooth = _rolling_median(loss[:-k] if len(loss) - k >= 3 else loss, max(3, len(loss) // 20))
+    smooth = _rolling_median(
+        loss[:-k] if len(loss) - k >= 3 else loss, int(np.clip(len(loss) // 20, 3, 51))
+    )
     best = float(np.min(smooth))
     rise = end - best
     if end >= cfg.rise_ratio * best and best > 0 and rise >= 0.1 * abs(start):

@@ -69,8 +69,8 @@ def check_depth(view: RunView) -> list[Finding]:
     if back is not None and back.per_layer > 1:
         what = "dL/dh (act_grad_norm)" if sig == "act_grad_norm" else "grad_rms"
         parts.append(
-            f"{what} grows x{fmt(back.per_layer)} per layer toward the input; '{names[0]}' gets "
-            f"{fmt(back.gain)}x of '{names[-1]}''s (fitted over {back.n} layers, "
+            f"{what} grows x{fmt(back.per_layer)} per layer toward the input; layer '{names[0]}' gets "
+            f"{fmt(back.gain)}x the gradient of layer '{names[-1]}' (fitted over {back.n} layers, "
             f"steps {back.steps[0]}..{back.steps[1]})"
         )
     if fwd is not None and fwd.per_layer < 1:

@@ -61,7 +61,7 @@ def check(view: RunView) -> list[Finding]:
         severity = downgrade(severity)
     evidence = (
         f"{_SIGNAL[sig]} falls x{fmt(fit.per_layer)} per layer toward the input; "
-        f"'{main_names[0]}' gets {fmt(fit.gain)} of '{main_names[-1]}''s "
+        f"layer '{main_names[0]}' gets {fmt(fit.gain)} of the gradient of layer '{main_names[-1]}' "
         f"(fitted over {fit.n} layers, steps {fit.steps[0]}..{fit.steps[1]}; "
         f"measured {fmt(fit.first)} vs {fmt(fit.last)})"
     )
