@@ -38,11 +38,12 @@ def main() -> None:
     model = build(args.depth, args.width)
     x = torch.randn(args.batch, args.width)
     gg.check(model, x)  # warm-up (imports, allocator)
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         report = gg.check(model, x)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     no_jac = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -52,6 +53,8 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print("check runs (s):", " ".join(f"{t:.3f}" for t in times))
     print(f"median check: {statistics.median(times):.3f} s, min {min(times):.3f} s (budget 5 s)")
+    print(f"median CPU time (all threads): {statistics.median(cpu):.3f} s "
+          "(wall >> CPU / threads means other processes compete for the cores)")  # fmt: skip
     print(f"median check without Jacobian: {statistics.median(no_jac):.3f} s")
     print(
         f"verdict: {report.verdict}; power iterations: {report.jacobian.iterations if report.jacobian else '-'}"
