@@ -33,7 +33,10 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=100)
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build(args.depth, args.width)
     x = torch.randn(args.batch, args.width)
