@@ -297,3 +297,12 @@ def test_write_report(tmp_path: Path) -> None:
 def test_render_run_rejects_what_is_not_a_run() -> None:
     with pytest.raises(gg.GradguardError, match="needs a gradguard Run"):
         render_run("runs/x.db")  # type: ignore[arg-type]
+
+
+def test_event_messages_show_their_first_line_cut_to_240_characters() -> None:
+    from gradguard.report.html import _short
+
+    assert _short("[WARNING] exploding\n  evidence: x\n  1. clip") == "[WARNING] exploding"
+    long = "a" * 300
+    assert _short(long) == "a" * 239 + "\u2026" and len(_short(long)) == 240
+    assert _short("") == "" and _short("  \n ") == ""

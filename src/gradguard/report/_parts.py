@@ -41,6 +41,7 @@ def table_html(
     caption: str | None = None,
     row_header: str | None = None,
     labels: Mapping[str, str] | None = None,
+    wrap: Sequence[str] = (),
 ) -> str:
     """A ``<table>`` with ``<thead>``/``<th scope>``; numbers right-aligned.
 
@@ -50,6 +51,7 @@ def table_html(
         caption: optional ``<caption>``.
         row_header: the column whose cells are row headers (``<th scope="row">``).
         labels: column key -> header text (default: the key).
+        wrap: columns of long text whose cells wrap (others stay on one line).
     """
     labels = labels or {}
     numeric = {
@@ -66,7 +68,7 @@ def table_html(
         tds = []
         for c in columns:
             text, _ = cell(r.get(c))
-            cls = ' class="num"' if numeric[c] else ""
+            cls = ' class="num"' if numeric[c] else (' class="wrap"' if c in wrap else "")
             tag = "th" if c == row_header else "td"
             scope = ' scope="row"' if c == row_header else ""
             tds.append(f"<{tag}{scope}{cls}>{text}</{tag}>")

@@ -41,6 +41,7 @@ dl.summary dd { margin:0; }
 table { border-collapse:collapse; font-size:.86rem; margin:.4rem 0 1rem; }
 th, td { padding:.3rem .5rem; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; }
 thead th { white-space:normal; vertical-align:bottom; background:var(--panel); border-bottom:2px solid var(--line); position:sticky; top:0; }
+td.wrap { white-space:normal; min-width:30ch; max-width:90ch; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
 tbody tr:hover { background:#fafbfc; }
 article.finding { border:1px solid var(--line); border-left:6px solid var(--sev); border-radius:4px;

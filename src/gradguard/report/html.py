@@ -87,12 +87,24 @@ def _summary(run: Run, findings: Sequence[Finding]) -> str:
     return f'<dl class="summary">\n{items}\n</dl>'
 
 
+def _short(message: str, limit: int = 240) -> str:
+    """First line of a message, cut at ``limit`` characters (online findings carry their full text)."""
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
+
+
 def _events(run: Run) -> str:
     if not run.events:
         return '<p class="muted">No events were recorded.</p>'
     shown = run.events[:_MAX_EVENTS]
     rows = [
-        {"step": e.step, "kind": e.kind, "layer": e.layer, "value": e.value, "message": e.message}
+        {
+            "step": e.step,
+            "kind": e.kind,
+            "layer": e.layer,
+            "value": e.value,
+            "message": _short(e.message),
+        }
         for e in shown
     ]
     more = (
@@ -100,7 +112,7 @@ def _events(run: Run) -> str:
         if len(run.events) > _MAX_EVENTS
         else ""
     )
-    return table_html(["step", "kind", "layer", "value", "message"], rows) + more
+    return table_html(["step", "kind", "layer", "value", "message"], rows, wrap=("message",)) + more
 
 
 def _layer_table(run: Run) -> list[dict[str, Any]]:

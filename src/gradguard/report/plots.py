@@ -176,7 +176,10 @@ def heatmap(run: Run, metric: str = "grad_rms") -> bytes:
     height = min(1.6 + 0.22 * max(len(names), 1), 9.0)
     with style():
         fig, ax = new_figure(1, 1, size=(10.0, height))
-        ax.set_title(f"log10 {metric} per layer and step")
+        blank = bool(len(steps)) and not np.isfinite(logs).all()
+        ax.set_title(
+            f"log10 {metric} per layer and step" + (" (blank: NaN, Inf or none)" if blank else "")
+        )
         if len(steps) == 0 or not np.isfinite(logs).any():
             _no_data(ax, metric)
             return fig_to_png(fig)
@@ -229,7 +232,8 @@ def _series_panel(
         _no_data(ax, name)
         return
     v = _positive(vals) if log else np.where(np.isfinite(vals), vals, np.nan)
-    ax.plot(steps, v, color=color, lw=1.6, marker="o" if len(steps) <= 40 else None)
+    few = int(np.isfinite(v).sum()) <= 40  # markers keep a few (or isolated) points visible
+    ax.plot(steps, v, color=color, lw=1.6, marker="o" if few else None)
     bad = ~np.isfinite(vals)
     if bad.any():  # non-finite values are data: show where they happened
         ax.plot(
