@@ -1,0 +1,97 @@
+"""``gradguard lab list`` and ``gradguard lab NAME [--quick] [--out DIR] [--set KEY=VALUE ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "lab",
+        help="run a lab experiment that reproduces vanishing/exploding gradients",
+        description="Run one lab experiment (see `gradguard lab list`): prints its table and reading; "
+        "with --out, writes the table (CSV), figures (PNG), recorded runs (runs.db) and report.html.",
+    )
+    p.add_argument("name", help="experiment name, or 'list' to list them")
+    p.add_argument(
+        "--quick", action="store_true", help="the quick preset (seconds) instead of the full one"
+    )
+    p.add_argument("--out", help="directory to write results to")
+    p.add_argument(
+        "--set",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset option, value as JSON (e.g. --set steps=50 --set 'depths=[5,10]')",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1, fastest for the lab's small models)",
+    )
+    p.set_defaults(func=run)
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``["steps=50", "depths=[5, 10]", "act=tanh"]`` -> options (JSON values, else strings)."""
+    from gradguard.errors import ConfigError
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}; e.g. --set steps=50")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def print_result(console: Any, result: Any, max_rows: int = 40) -> None:
+    """Print an experiment's table (first ``max_rows`` rows) and reading with rich."""
+    from rich.table import Table
+
+    table = Table(title=result.title, title_justify="left")
+    for col in result.columns:
+        table.add_column(col)
+    for row in result.table[:max_rows]:
+        table.add_row(*[_fmt(row.get(c)) for c in result.columns])
+    if len(result.table) > max_rows:
+        table.caption = f"{len(result.table) - max_rows} more rows in the report"
+    console.print(table)
+    console.print(result.reading)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "-" if v is None else str(v)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from gradguard import lab
+
+    console = Console()
+    if args.name == "list":
+        for name, text in lab.list_experiments():
+            console.print(f"[bold]{name}[/bold]  {text}")
+        return 0
+    options = {"threads": args.threads, **parse_options(args.options)}
+    result = lab.run_experiment(
+        args.name, quick=args.quick, out=args.out, quiet=args.quiet, **options
+    )
+    print_result(console, result)
+    for label, findings in result.findings.items():
+        kinds = ", ".join(sorted({f.kind for f in findings})) or "-"
+        console.print(f"  {label}: {kinds}")
+    if args.out:
+        console.print(f"results written to {args.out}/ (report.html, {result.name}/, runs.db)")
+    return 0

@@ -1,0 +1,99 @@
+"""Writing lab results to disk: tables, readings, figures (PNG), the run store and the HTML report."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from gradguard.errors import GradguardError
+from gradguard.lab.result import ExperimentResult
+
+__all__ = ["save_result", "save_runs", "write_files", "write_lab_report", "RUNS_DB"]
+
+RUNS_DB = "runs.db"
+
+
+def _dir(out: str | os.PathLike[str]) -> Path:
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GradguardError(
+            f"cannot create output directory {str(path)!r} ({e}); pass a writable --out"
+        ) from e
+    return path
+
+
+def save_result(
+    result: ExperimentResult, out: str | os.PathLike[str], *, report: bool = True
+) -> Path:
+    """Write one result under ``out``: ``NAME/table.csv``, ``NAME/reading.txt``, ``NAME/FIGURE.png``,
+    its runs into ``out/runs.db`` and (``report=True``) ``out/report.html`` with this result alone.
+
+    Returns:
+        The experiment's directory ``out/NAME``.
+    """
+    root = _dir(out)
+    here = write_files(result, root)
+    save_runs([result], root / RUNS_DB)
+    if report:
+        write_lab_report([result], root, title=f"gradguard lab: {result.name}")
+    return here
+
+
+def write_files(result: ExperimentResult, root: Path) -> Path:
+    """``root/NAME/table.csv``, ``reading.txt`` and one PNG per figure; returns ``root/NAME``."""
+    here = _dir(root / result.name)
+    with open(here / "table.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=result.columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result.table)
+    (here / "reading.txt").write_text(result.reading + "\n", encoding="utf-8")
+    for name, png in result.figures.items():
+        (here / f"{name}.png").write_bytes(png)
+    return here
+
+
+def save_runs(results: Sequence[ExperimentResult], path: str | os.PathLike[str]) -> Path:
+    """Append every recorded run of ``results`` to the store at ``path``, one named run each.
+
+    A run is stored under its label (e.g. ``"relu/he/depth20"``); a label already used in this
+    call is prefixed with its experiment's name.
+    """
+    from gradguard.store import Batch, Store
+
+    store = Store(path)
+    try:
+        taken = {name for _, name, _ in store.runs()}
+        for result in results:
+            for label, run in result.runs.items():
+                name = label if label not in taken else f"{result.name}/{label}"
+                taken.add(name)
+                config = {**run.config, "experiment": result.name, "label": label}
+                run_id, _ = store.create_run(name, config, run.environment)
+                batch = Batch(
+                    metrics={m: run.metric(m) for m in run.metric_names},
+                    scalars={s: run.scalar(s) for s in run.scalar_names},
+                    events=list(run.events),
+                    layers=list(run.layers),
+                )
+                store.write(run_id, batch)
+    finally:
+        store.close()
+    return Path(path)
+
+
+def write_lab_report(
+    results: Sequence[ExperimentResult],
+    out: str | os.PathLike[str],
+    *,
+    title: str = "gradguard demo",
+) -> Path:
+    """Write ``out/report.html`` for ``results`` (gradguard.report.html.render_lab)."""
+    from gradguard.report.html import render_lab, write_report
+
+    root = _dir(out)
+    html = render_lab(results, title=title, runs_db=RUNS_DB)
+    return write_report(root / "report.html", html)

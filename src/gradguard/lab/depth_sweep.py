@@ -1,0 +1,174 @@
+"""Depth x activation x initialisation: how much gradient reaches the first layer at init.
+
+For every configuration we build a fresh MLP, run ONE forward/backward of cross-entropy on a batch
+of digits and let gg.watch read every layer's weight-gradient norm ||dL/dW_l||. Real backprop
+multiplies, per layer, an activation derivative AND a weight matrix: products of derivatives alone
+(sigmoid' <= 1/4) show only the vanishing side; N(0, 1) weights make the same nets explode.
+
+Run it: ``gradguard lab depth_sweep --quick`` or ``gg.lab.run_experiment("depth_sweep")``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradguard.lab._common import deterministic, linear_columns, mlp, progress, record_gradients
+from gradguard.lab._figures import line_plot
+from gradguard.lab.data import digits
+from gradguard.lab.result import ExperimentResult
+
+__all__ = ["run", "PRESETS"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "activations": ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu"],
+        "depths": [1, 5, 10, 20, 50],
+        "inits": ["small", "unit", "xavier", "he"],
+        "seeds": 2,
+        "width": 32,
+        "batch": 64,
+    },
+    "full": {
+        "activations": ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu"],
+        "depths": [1, 5, 10, 20, 50],
+        "inits": ["small", "unit", "xavier", "he"],
+        "seeds": 5,
+        "width": 128,
+        "batch": 256,
+    },
+}
+INIT_LABELS = {"small": "N(0, 0.01²)", "unit": "N(0, 1)", "xavier": "Xavier", "he": "He"}
+
+
+def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> ExperimentResult:
+    """Sweep activations x depths x inits; measure the gradient-flow curve at init.
+
+    Args:
+        quick: the small preset (seconds) instead of the full one.
+        quiet: no progress bar.
+        **options: overrides of the preset: activations, depths, inits, seeds, width, batch.
+
+    Returns:
+        An ExperimentResult: one row per (activation, init, depth) with the first-layer gradient
+        norm (geometric mean over seeds and its spread in decades), one run per configuration.
+    """
+    p = {**PRESETS["quick" if quick else "full"], **options}
+    t0 = time.perf_counter()
+    # float64: a 50-layer net spans 1e-60 .. 1e+40; float32 would flush or overflow to 0 / inf.
+    d = digits(torch.float64)
+    x, y = d.x_train[: p["batch"]], d.y_train[: p["batch"]]  # (batch, 64), (batch,)
+
+    rows: list[dict[str, Any]] = []
+    runs = {}
+    flows: dict[tuple[str, str, int], np.ndarray] = {}  # mean log10 ||dL/dW_l|| per Linear layer
+    total = len(p["activations"]) * len(p["inits"]) * len(p["depths"])
+    with progress(total, "depth sweep", quiet) as bar:
+        for act in p["activations"]:
+            for depth in p["depths"]:
+                with deterministic(0):
+                    model = mlp(depth, width=p["width"], activation=act, dtype=torch.float64)
+                for init in p["inits"]:
+                    label = f"{act}/{init}/depth{depth}"
+                    # one run per configuration; step s = the net re-drawn with seed s
+                    rec = record_gradients(model, x, y, label, seeds=p["seeds"], init=init)
+                    runs[label] = rec
+                    grads = rec.metric("grad_norm")[1][:, linear_columns(rec)]  # (seeds, depth + 1)
+                    logs = np.log10(np.where(grads > 0, grads, np.nan))  # (seeds, depth + 1)
+                    flows[(act, init, depth)] = np.nanmean(logs, axis=0)
+                    first = logs[:, 0]  # (seeds,) layer 1, the input side
+                    last = logs[:, -2] if logs.shape[1] > 1 else logs[:, -1]  # last hidden layer
+                    rows.append(
+                        {
+                            "activation": act,
+                            "init": INIT_LABELS.get(init, init),
+                            "depth": depth,
+                            "grad_first": float(10 ** np.mean(first)),  # geometric mean over seeds
+                            "spread_decades": float(np.std(first)),  # std of log10 over seeds
+                            "grad_last_hidden": float(10 ** np.mean(last)),
+                            "first_over_last": float(10 ** np.mean(first - last)),
+                        }
+                    )
+                    bar.advance()
+
+    figures = {}
+    for init in p["inits"]:
+        series = {
+            act: (
+                p["depths"],
+                [
+                    r["grad_first"]
+                    for r in rows
+                    if r["activation"] == act and r["init"] == INIT_LABELS.get(init, init)
+                ],
+            )
+            for act in p["activations"]
+        }
+        figures[f"first_layer_grad_{init}"] = line_plot(
+            series,
+            title=f"gradient reaching layer 1 at init, {INIT_LABELS.get(init, init)}",
+            xlabel="depth (hidden layers)",
+            ylabel="||dL/dW_1||",
+            logy=True,
+        )
+    deep = max(p["depths"]) if 20 not in p["depths"] else 20
+    for init in [i for i in ("xavier", "he") if i in p["inits"]]:
+        flow: dict[str, tuple[Any, Any]] = {
+            act: (list(range(1, deep + 2)), 10 ** flows[(act, init, deep)])
+            for act in p["activations"]
+        }
+        figures[f"flow_depth{deep}_{init}"] = line_plot(
+            flow,
+            title=f"gradient flow, depth {deep}, {INIT_LABELS[init]} init (layer 1 = input side)",
+            xlabel="layer",
+            ylabel="||dL/dW_l||",
+            logy=True,
+        )
+
+    return ExperimentResult(
+        name="depth_sweep",
+        title="Depth x activation x initialisation: gradient reaching the first layer",
+        columns=[
+            "activation",
+            "init",
+            "depth",
+            "grad_first",
+            "spread_decades",
+            "grad_last_hidden",
+            "first_over_last",
+        ],
+        table=rows,
+        figures=figures,
+        reading=_reading(rows),
+        runs=runs,
+        params={**p, "quick": quick},
+        elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def _get(rows: list[dict[str, Any]], act: str, init: str, depth: int) -> float:
+    for r in rows:
+        if r["activation"] == act and r["init"] == init and r["depth"] == depth:
+            return float(r["grad_first"])
+    return math.nan
+
+
+def _reading(rows: list[dict[str, Any]]) -> str:
+    depths = sorted({r["depth"] for r in rows})
+    d = 20 if 20 in depths else depths[-1]
+    sig_x = _get(rows, "sigmoid", "Xavier", d)
+    relu_he = _get(rows, "relu", "He", d)
+    relu_unit = _get(rows, "relu", "N(0, 1)", d)
+    tanh_small = _get(rows, "tanh", "N(0, 0.01²)", d)
+    return (
+        f"At depth {d}, the gradient reaching the first layer is {sig_x:.2g} for a sigmoid net with "
+        f"Xavier init against {relu_he:.2g} for ReLU with He init (ratio {sig_x / relu_he:.1e}): "
+        f"sigmoid's derivative (at most 1/4) shrinks the signal at every layer. The weights matter as "
+        f"much as the activation: with N(0, 0.01²) weights even tanh gets {tanh_small:.2g} (vanishing), "
+        f"while ReLU with N(0, 1) weights gets {relu_unit:.2g} (exploding: each layer multiplies the "
+        f"gradient by about sqrt(width/2)). He init keeps ReLU-family nets near 1 at every depth."
+    )
