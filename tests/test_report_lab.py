@@ -96,3 +96,14 @@ def test_render_lab_golden_skeleton() -> None:
 def test_render_lab_empty() -> None:
     html = render_lab([])
     assert "0 experiments" in html and parse(html).errors == []
+
+
+def test_long_tables_scroll_in_a_box_and_say_how_many_rows() -> None:
+    r = _results()[0]
+    r.table = [{"activation": "tanh", "depth": d, "ratio": 0.5**d} for d in range(1, 22)]  # 21 rows
+    html = render_lab([r])
+    assert '<div class="table-wrap long">' in html and "(21 rows)" in html
+    r.table = r.table[:20]
+    html = render_lab([r])
+    assert "table-wrap long" not in html and "rows)" not in html
+    assert html.count('<tr><th scope="row">tanh</th>') == 20

@@ -49,7 +49,8 @@ def _experiment(r: ExperimentResult, anchor: str, runs_db: str | None) -> str:
         parts.append("<h3>Reading</h3>" + _paragraphs(r.reading))
     if r.table:
         cols = list(r.columns) or list(r.table[0])
-        parts.append("<h3>Results</h3>" + table_html(cols, r.table, row_header=cols[0]))
+        count = f' <span class="muted">({len(r.table)} rows)</span>' if len(r.table) > 20 else ""
+        parts.append(f"<h3>Results{count}</h3>" + table_html(cols, r.table, row_header=cols[0]))
     for fname, png in r.figures.items():
         parts.append(figure(png, f"{r.title or r.name}: {_humanise(fname)}", _humanise(fname)))
     if r.findings:

@@ -11,6 +11,8 @@ from gradguard.report._template import esc
 
 __all__ = ["cell", "finding_html", "findings_html", "table_html", "severity_counts"]
 
+_LONG = 20  # tables with more rows scroll inside a box (sticky header) instead of filling pages
+
 
 def cell(x: Any) -> tuple[str, bool]:
     """``(escaped text, is_number)`` of a table value: floats to 3 significant digits, '—' for missing."""
@@ -75,7 +77,7 @@ def table_html(
         body.append("<tr>" + "".join(tds) + "</tr>")
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     return (
-        f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead>'
+        f'<div class="table-wrap{" long" if len(rows) > _LONG else ""}"><table>{cap}<thead><tr>{head}</tr></thead>'
         f"\n<tbody>\n{chr(10).join(body)}\n</tbody></table></div>"
     )
 

@@ -38,6 +38,9 @@ dl.summary { display:grid; grid-template-columns:max-content 1fr; gap:.2rem 1.2r
 dl.summary dt { color:var(--muted); }
 dl.summary dd { margin:0; }
 .table-wrap { overflow-x:auto; max-width:100%; }
+.table-wrap.long { display:inline-block; vertical-align:top; max-height:32rem; overflow-y:auto;
+  border-bottom:1px solid var(--line); margin-bottom:1rem; }
+.table-wrap.long table { margin:0; }
 table { border-collapse:collapse; font-size:.86rem; margin:.4rem 0 1rem; }
 th, td { padding:.3rem .5rem; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; }
 thead th { white-space:normal; vertical-align:bottom; background:var(--panel); border-bottom:2px solid var(--line); position:sticky; top:0; }
