@@ -395,3 +395,13 @@ def test_finding_renders() -> None:
     out = console.export_text()
     assert "CRITICAL vanishing gradients" in out and "evidence" in out and "gg.init_" in out
     assert math.isclose(f.to_dict()["data"]["per_layer"], f.data["per_layer"])
+
+
+def test_sometimes_unused_layer_is_not_nonfinite() -> None:
+    # regression: a layer used on some steps only has NaN grad_norm (no gradient) elsewhere
+    g = np.ones((8, L))
+    g[::2, 5] = np.nan
+    run = make_run(metrics={"grad_norm": g, "grad_rms": g, "nonfinite": np.zeros((8, L))})
+    assert not by_kind(diagnose(run), "nonfinite")
+    run = make_run(metrics={"update_ratio": g})
+    assert not by_kind(diagnose(run), "nonfinite")

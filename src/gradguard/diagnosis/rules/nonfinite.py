@@ -1,8 +1,9 @@
 """nonfinite: NaN/Inf in the loss, gradients or weights: the first step, the first layer.
 
-Sources: the per-layer ``nonfinite`` count (> 0), non-finite ``grad_norm`` / ``weight_norm``
-(Inf always; NaN only in a layer that has finite values at other steps, because NaN also means
-"no value" in a run), and a non-finite ``loss`` or ``grad_norm_total``. At the first bad step a
+Sources: the per-layer ``nonfinite`` count (> 0); Inf in any per-layer metric; NaN
+``weight_norm`` in a layer that has finite values at other steps; NaN ``grad_norm``/``grad_rms``
+likewise but only when no ``nonfinite`` count was recorded (NaN also means "no gradient this
+step", e.g. a layer used only sometimes); a non-finite ``loss``; an Inf ``grad_norm_total``. At the first bad step a
 layer whose *weights* are non-finite is the origin (a NaN weight makes every gradient NaN);
 otherwise the first layer in forward order with a non-finite gradient.
 """
@@ -27,8 +28,13 @@ def _bad_cells(view: RunView, name: str) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, dtype=np.int64), np.zeros((0, len(view.names)), dtype=bool)
     if name == "nonfinite":
         return steps, np.nan_to_num(v, nan=0.0) > 0
+    inf = np.isinf(v)
+    if name == "update_ratio" or (name != "weight_norm" and view.run.has_metric("nonfinite")):
+        # NaN there also means "no gradient this step" (an unused layer): the nonfinite
+        # count is the authority on NaN gradients when it was recorded
+        return steps, inf
     has_value = np.isfinite(v).any(axis=0, keepdims=True)  # the layer has a value somewhere
-    return steps, np.isinf(v) | (np.isnan(v) & has_value)
+    return steps, inf | (np.isnan(v) & has_value)
 
 
 def check(view: RunView) -> list[Finding]:
