@@ -29,7 +29,6 @@ __all__ = [
     "accuracy",
     "deterministic",
     "diagnose_or_empty",
-    "first_last",
     "init_linear_",
     "linear_columns",
     "mlp",
@@ -246,14 +245,6 @@ def record_gradients(
     finally:
         mon.close()
     return mon.run
-
-
-def first_last(run: Run, metric: str = "grad_norm", step: int = 0) -> tuple[float, float]:
-    """(first Linear layer, last hidden Linear layer) value of a per-layer metric at a step row."""
-    cols = linear_columns(run)
-    vals = run.metric(metric)[1][step]  # (layers,)
-    last_hidden = cols[-2] if len(cols) > 1 else cols[-1]
-    return float(vals[cols[0]]), float(vals[last_hidden])
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

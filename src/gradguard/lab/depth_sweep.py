@@ -59,7 +59,7 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
     """
     p = {**PRESETS["quick" if quick else "full"], **options}
     t0 = time.perf_counter()
-    # float64: a 50-layer net spans 1e-60 .. 1e+40; float32 would flush or overflow to 0 / inf.
+    # float64: the sweep spans 1e-93 .. 1e+30; float32 would flush to 0 or overflow to inf.
     d = digits(torch.float64)
     x, y = d.x_train[: p["batch"]], d.y_train[: p["batch"]]  # (batch, 64), (batch,)
 
