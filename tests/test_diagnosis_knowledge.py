@@ -132,3 +132,11 @@ def test_bad_input_is_a_clear_error() -> None:
         remedies_for("vanishin")
     with pytest.raises(GradguardError, match=r"unknown context key\(s\) \['lr'\]"):
         remedies_for("exploding", lr=1.0)
+
+
+def test_docs_table_lists_every_technique() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "diagnosis.md").read_text()
+    for t in TECHNIQUES.values():
+        assert f"| {t.name} | `{t.how}` |" in doc, t.key

@@ -127,7 +127,9 @@ class Finding:
             body.append(Text.assemble(("cause    ", "bold"), self.cause))
         for i, r in enumerate(self.remedies, 1):
             body.append(
-                Text.assemble((f"{i}. {r.name}", "bold cyan"), f" — {r.why} ", (r.how, "italic"))
+                Text.assemble(
+                    (f"{i}. {r.name}", "bold cyan"), f" — {r.why}\n   → ", (r.how, "italic")
+                )
             )
         title = Text.assemble(
             (self.severity.value.upper(), f"bold {color}"), " ", (self.title, "bold")
