@@ -80,9 +80,8 @@ def check(view: RunView) -> list[Finding]:
         "so the first layers barely learn."
     )
     if activation_family(act) == "saturating":
-        cause += (
-            f" {act}'s derivative is small (sigmoid: at most 0.25), which makes the factor small."
-        )
+        bound = "at most 0.25" if "sigmoid" in str(act).lower() else "near 0 where it saturates"
+        cause += f" {act}'s derivative is {bound}, which makes the factor small."
     sat = view.column_median("act_sat_frac")[view.main]
     saturated = bool(np.any(np.nan_to_num(sat) >= cfg.saturation_warning))
     return [
