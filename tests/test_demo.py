@@ -102,7 +102,7 @@ def test_remedies_direction(demo: tuple[Path, dict[str, Any]]) -> None:
     base = row(r, config="baseline (sigmoid)")
     assert base["test_acc"] < 0.3
     assert base["grad_first_over_last"] < 1e-6
-    for fix in ("sigmoid + batchnorm", "sigmoid + residual"):
+    for fix in ("sigmoid + batchnorm", "sigmoid + residual", "all combined"):
         assert row(r, config=fix)["test_acc"] > base["test_acc"] + 0.4
     assert "vanishing_gradients" in base["diagnosis"]
     assert set(r.findings) == set(r.runs)
