@@ -71,17 +71,20 @@ def theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return b, a
 
 
-def spikes(values: np.ndarray, *, window: int, ratio: float, z: float) -> np.ndarray:
+def spikes(
+    values: np.ndarray, *, window: int, ratio: float, z: float, min_points: int = 5
+) -> np.ndarray:
     """Indices where ``values`` jump above their trailing median (log-scale robust z-score).
 
     A point i is a spike when ``values[i] >= ratio * median(prev)`` and
     ``(log v_i - median(log prev)) / (1.4826 * MAD(log prev)) >= z``, where ``prev`` are the up to
-    ``window`` finite positive points before it (at least 5 needed). Non-finite and non-positive
+    ``window`` finite positive points before it (at least ``min_points`` needed; the rules pass
+    ``DiagnosisConfig.spike_min_points``). Non-finite and non-positive
     points are skipped. Vectorised over sliding windows (in chunks), so it stays cheap online.
     """
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     ok = np.flatnonzero(np.isfinite(v) & (v > 0))
-    if len(ok) <= 5 or window < 1:
+    if len(ok) <= min_points or window < 1:
         return np.zeros(0, dtype=np.int64)
     x = np.log(v[ok])
     padded = np.concatenate([np.full(window, np.nan), x])
@@ -90,7 +93,7 @@ def spikes(values: np.ndarray, *, window: int, ratio: float, z: float) -> np.nda
     for a in range(0, len(x), chunk):
         b = min(len(x), a + chunk)
         prev = np.lib.stride_tricks.sliding_window_view(padded[a : b + window - 1], window)
-        enough = np.sum(np.isfinite(prev), axis=1) >= 5
+        enough = np.sum(np.isfinite(prev), axis=1) >= min_points
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             med = np.nanmedian(prev, axis=1)

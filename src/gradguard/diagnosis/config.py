@@ -9,11 +9,23 @@ MLP at sigma_w^2 = 25 gains ~60x, a 20-layer ReLU MLP at sigma_w^2 = 4 ~1000x in
 
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass
 
 from gradguard.errors import ConfigError
 
 __all__ = ["DiagnosisConfig"]
+
+
+def _whole(value: object, least: int) -> bool:
+    """A whole number (int, numpy integer; not bool) >= ``least``."""
+    if isinstance(value, bool):
+        return False
+    try:
+        return operator.index(value) >= least  # type: ignore[arg-type]
+    except TypeError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,14 @@ class DiagnosisConfig:
     # Early layers whose update_ratio is at least this fraction of the last layers' still learn
     # (an adaptive optimizer compensates): a vanishing finding drops one severity level.
     update_ratio_compensated: float = 0.1
+    # Layers with exactly zero gradient (underflow) within this leading fraction of the depth
+    # axis make a vanishing finding critical (0.5: the early half of the stack).
+    underflow_early_fraction: float = 0.5
+    # The loss over the first start_steps vs its median over the second half of the run: from
+    # loss_start_note it is quoted as evidence of an exploding signal; from loss_start_warning it
+    # makes a mild (info) depth explosion a warning (the loss starts an order of magnitude high).
+    loss_start_note: float = 3.0
+    loss_start_warning: float = 10.0
 
     # --- over time (exploding) ---
     # A step's total gradient norm is a spike if it is >= spike_ratio x the median of the
@@ -44,11 +64,24 @@ class DiagnosisConfig:
     spike_ratio: float = 10.0
     spike_z: float = 8.0
     spike_window: int = 20
+    # Finite positive points needed in the trailing window before a spike can be called (the
+    # median and MAD of fewer points are too noisy).
+    spike_min_points: int = 5
+    # Recorded steps of grad_norm_total (and of weight_norm) needed before the over-time checks
+    # (growth, weight growth) speak: each compares a first and a last fifth/tenth of the run.
+    min_time_points: int = 10
     # Growth of grad_norm_total (median of the last fifth / median of the first fifth).
     time_growth_warning: float = 100.0
     time_growth_critical: float = 1e4
     # Growth of a layer's weight norm over the run that counts as geometric weight growth.
     weight_growth: float = 10.0
+
+    # --- non-finite values ---
+    # "The gradient spiked right before the first NaN/Inf" (which ranks clipping higher): the
+    # last finite grad_norm_total before it is >= nonfinite_spike_ratio x the median of the
+    # finite ones before that, with at least nonfinite_spike_points finite points in all.
+    nonfinite_spike_points: int = 6
+    nonfinite_spike_ratio: float = 10.0
 
     # --- activations ---
     # Mean fraction of tanh/sigmoid outputs within 1% of their bounds.
@@ -66,8 +99,23 @@ class DiagnosisConfig:
     # Relative decrease of the loss (median of first fifth -> median of last fifth) below which
     # learning counts as stalled.
     stall_rel: float = 0.02
-    # Loss (median of last fifth) above this multiple of its best rolling median: diverging.
+    # A loss whose first fifth has a median below this (in absolute value) is at zero already:
+    # converged, not stalled.
+    converged_loss: float = 1e-8
+    # Loss (median of last fifth) above this multiple of its best rolling median: diverging...
     rise_ratio: float = 1.5
+    # ...provided the rise is at least this fraction of the initial loss (|median of the first
+    # fifth|), so a loss that fell 1000x and crept back 2x from a tiny best is not divergence.
+    rise_min_fraction: float = 0.1
+    # Divergence is critical when the loss ends at >= this multiple of its best rolling median.
+    divergence_critical: float = 10.0
+    # The best level is the minimum of a rolling median over len(loss) // 20 points, clipped to
+    # [loss_window_min, loss_window_max].
+    loss_window_min: int = 3
+    loss_window_max: int = 51
+    # A loss point is a spike if >= loss_spike_ratio x its trailing median (and robust z >=
+    # spike_z, over spike_window points). Healthy runs measured up to 11.5x but z <= 3.1.
+    loss_spike_ratio: float = 3.0
     # Fraction of consecutive loss differences that alternate in sign (iid noise: ~2/3) and
     # minimum relative amplitude for an oscillation.
     oscillation_alternation: float = 0.85
@@ -75,7 +123,7 @@ class DiagnosisConfig:
 
     # --- online ---
     # At each flush the rules see the first start_steps and the last online_window recorded
-    # steps of every series, so the cost per flush stays bounded on long runs (~50 ms at 60 layers).
+    # steps of every series, so the cost per flush stays bounded on long runs.
     online_window: int = 1000
 
     # --- presentation ---
@@ -85,20 +133,95 @@ class DiagnosisConfig:
         if not (1.0 < self.depth_info <= self.depth_warning <= self.depth_critical):
             raise ConfigError(
                 "DiagnosisConfig needs 1 < depth_info <= depth_warning <= depth_critical, got "
-                f"{self.depth_info}, {self.depth_warning}, {self.depth_critical}"
+                f"{self.depth_info}, {self.depth_warning}, {self.depth_critical}; "
+                "raise the larger ones or lower the smaller ones"
             )
         for name in (
             "start_steps",
             "spike_window",
+            "spike_min_points",
+            "min_time_points",
             "min_loss_points",
             "max_remedies",
             "online_window",
+            "loss_window_min",
         ):
-            if int(getattr(self, name)) < 1:
+            value = getattr(self, name)
+            if not _whole(value, 1):
                 raise ConfigError(
-                    f"DiagnosisConfig.{name} must be >= 1, got {getattr(self, name)!r}"
+                    f"DiagnosisConfig.{name} must be a whole number >= 1, got {value!r}; "
+                    f"pass e.g. {name}={getattr(DiagnosisConfig, name)!r} (the default)"
                 )
-        if not 0.0 < self.recent_fraction <= 1.0:
+        if not _whole(self.nonfinite_spike_points, 2):
             raise ConfigError(
-                f"DiagnosisConfig.recent_fraction must be in (0, 1], got {self.recent_fraction!r}"
+                "DiagnosisConfig.nonfinite_spike_points must be a whole number >= 2 (the point "
+                f"before the NaN and at least one to compare it with), got "
+                f"{self.nonfinite_spike_points!r}; pass e.g. nonfinite_spike_points=6"
             )
+        if not _whole(self.loss_window_max, self.loss_window_min):
+            raise ConfigError(
+                "DiagnosisConfig.loss_window_max must be a whole number >= loss_window_min "
+                f"({self.loss_window_min}), got {self.loss_window_max!r}; raise loss_window_max"
+            )
+        # warning <= critical pairs (NaN fails every comparison, so it is refused too)
+        for lo, hi in (
+            ("time_growth_warning", "time_growth_critical"),
+            ("saturation_warning", "saturation_critical"),
+            ("dead_warning", "dead_critical"),
+            ("loss_start_note", "loss_start_warning"),
+            ("rise_ratio", "divergence_critical"),
+        ):
+            a, b = getattr(self, lo), getattr(self, hi)
+            if not a <= b:
+                raise ConfigError(
+                    f"DiagnosisConfig.{lo} must be <= {hi}, got {lo}={a!r} > {hi}={b!r}; "
+                    f"lower {lo} or raise {hi}"
+                )
+        # ratios that must exceed 1 (a "spike" or "growth" of <= 1x is no change at all)
+        for name in (
+            "spike_ratio",
+            "loss_spike_ratio",
+            "time_growth_warning",
+            "weight_growth",
+            "rise_ratio",
+            "loss_start_note",
+            "nonfinite_spike_ratio",
+        ):
+            value = getattr(self, name)
+            if not value > 1.0:
+                raise ConfigError(
+                    f"DiagnosisConfig.{name} must be > 1 (a factor), got {value!r}; "
+                    f"pass e.g. {name}={getattr(DiagnosisConfig, name)!r} (the default)"
+                )
+        # fractions in (0, 1]
+        for name in (
+            "recent_fraction",
+            "underflow_early_fraction",
+            "saturation_warning",
+            "saturation_critical",
+            "dead_warning",
+            "dead_critical",
+            "oscillation_alternation",
+        ):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(
+                    f"DiagnosisConfig.{name} must be in (0, 1], got {value!r}; "
+                    f"pass e.g. {name}={getattr(DiagnosisConfig, name)!r} (the default)"
+                )
+        # positive numbers
+        for name in ("spike_z", "update_ratio_compensated", "high_update_ratio"):
+            value = getattr(self, name)
+            if not (value > 0.0 and math.isfinite(value)):
+                raise ConfigError(
+                    f"DiagnosisConfig.{name} must be a finite number > 0, got {value!r}; "
+                    f"pass e.g. {name}={getattr(DiagnosisConfig, name)!r} (the default)"
+                )
+        # non-negative numbers
+        for name in ("stall_rel", "converged_loss", "rise_min_fraction", "oscillation_amplitude"):
+            value = getattr(self, name)
+            if not (value >= 0.0 and math.isfinite(value)):
+                raise ConfigError(
+                    f"DiagnosisConfig.{name} must be a finite number >= 0, got {value!r}; "
+                    f"pass e.g. {name}={getattr(DiagnosisConfig, name)!r} (the default)"
+                )

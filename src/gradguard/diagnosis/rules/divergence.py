@@ -12,7 +12,6 @@ from gradguard.diagnosis.rules._loss import fifths, finite_loss
 __all__ = ["KIND", "check"]
 
 KIND = "divergence"
-_LOSS_SPIKE_RATIO = 3.0  # a loss jump this many times its running median (and z >= spike_z)
 
 
 def _rolling_median(x: np.ndarray, w: int) -> np.ndarray:
@@ -32,17 +31,24 @@ def check(view: RunView) -> list[Finding]:
     start, end = fifths(loss)
     k = max(2, len(loss) // 5)
     smooth = _rolling_median(
-        loss[:-k] if len(loss) - k >= 3 else loss, int(np.clip(len(loss) // 20, 3, 51))
+        loss[:-k] if len(loss) - k >= 3 else loss,
+        int(np.clip(len(loss) // 20, cfg.loss_window_min, cfg.loss_window_max)),
     )
     best = float(np.min(smooth))
     rise = end - best
-    if end >= cfg.rise_ratio * best and best > 0 and rise >= 0.1 * abs(start):
-        severity = Severity.CRITICAL if end >= 10 * best else Severity.WARNING
+    if end >= cfg.rise_ratio * best and best > 0 and rise >= cfg.rise_min_fraction * abs(start):
+        severity = Severity.CRITICAL if end >= cfg.divergence_critical * best else Severity.WARNING
         parts.append(
             f"loss rose from its best {fmt(best)} to {fmt(end)} ({fmt(end / best)}x) "
             f"by step {int(steps[-1])}"
         )
-    hits = spikes(np.abs(loss), window=cfg.spike_window, ratio=_LOSS_SPIKE_RATIO, z=cfg.spike_z)
+    hits = spikes(
+        np.abs(loss),
+        window=cfg.spike_window,
+        ratio=cfg.loss_spike_ratio,
+        z=cfg.spike_z,
+        min_points=cfg.spike_min_points,
+    )
     if len(hits):
         severity = severity or Severity.WARNING
         parts.append(f"loss spiked {len(hits)} time(s), first at step {int(steps[hits[0]])}")

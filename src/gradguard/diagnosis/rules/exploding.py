@@ -86,13 +86,15 @@ def check_depth(view: RunView) -> list[Finding]:
                 "so per-layer grad norms alone hide it"
             )
     lr = _loss_start_ratio(view)
-    if math.isfinite(lr) and lr >= 3:
+    if math.isfinite(lr) and lr >= cfg.loss_start_note:
         parts.append(f"the loss starts {fmt(lr)}x above its later level")
     # consequences make a mild explosion a warning: a loss that starts >= 10x too large, or
     # saturated units (the forward signal blew up into the flat tails)
     sat = view.column_median("act_sat_frac")[view.main]
     saturated = bool(np.any(np.nan_to_num(sat) >= cfg.saturation_warning))
-    if severity is Severity.INFO and ((math.isfinite(lr) and lr >= 10) or saturated):
+    if severity is Severity.INFO and (
+        (math.isfinite(lr) and lr >= cfg.loss_start_warning) or saturated
+    ):
         severity = Severity.WARNING
         if saturated:
             parts.append("units saturate (see the saturation finding)")
@@ -132,7 +134,7 @@ def check_time(view: RunView) -> list[Finding]:
         nonlocal severity
         severity = s if severity is None or s > severity else severity
 
-    if len(g) >= 10:
+    if len(g) >= cfg.min_time_points:
         k = max(2, len(g) // 5)
         growth = float(np.median(g[-k:]) / np.median(g[:k]))
         data["growth"] = growth
@@ -142,7 +144,13 @@ def check_time(view: RunView) -> list[Finding]:
                 f"grad_norm_total grew {fmt(growth)}x ({fmt(float(np.median(g[:k])))} -> "
                 f"{fmt(float(np.median(g[-k:])))}) over steps {int(steps[0])}..{int(steps[-1])}"
             )
-    hits = spikes(g, window=cfg.spike_window, ratio=cfg.spike_ratio, z=cfg.spike_z)
+    hits = spikes(
+        g,
+        window=cfg.spike_window,
+        ratio=cfg.spike_ratio,
+        z=cfg.spike_z,
+        min_points=cfg.spike_min_points,
+    )
     if len(hits):
         prev_med = [float(np.median(g[max(0, i - cfg.spike_window) : i])) for i in hits]
         worst = int(np.argmax(g[hits] / np.asarray(prev_med)))
@@ -154,7 +162,7 @@ def check_time(view: RunView) -> list[Finding]:
         )
         data["spike_steps"] = [int(steps[i]) for i in hits]
     wsteps, w = view.metric("weight_norm")
-    if len(wsteps) >= 10:
+    if len(wsteps) >= cfg.min_time_points:
         order = np.argsort(wsteps, kind="stable")
         w = np.where(np.isfinite(w[order]), w[order], np.nan)
         k = max(2, len(w) // 10)

@@ -84,7 +84,11 @@ def check(view: RunView) -> list[Finding]:
         evidence += f"; loss non-finite from step {per_source['loss'][0]}"
     grad_steps, g = view.scalar("grad_norm_total")
     before = g[(grad_steps < first_step) & np.isfinite(g)]
-    spike = bool(len(before) >= 6 and before[-1] >= 10 * np.median(before[:-1]))
+    cfg = view.config
+    spike = bool(
+        len(before) >= cfg.nonfinite_spike_points
+        and before[-1] >= cfg.nonfinite_spike_ratio * np.median(before[:-1])
+    )
     return [
         Finding(
             kind=KIND,

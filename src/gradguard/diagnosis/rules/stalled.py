@@ -21,7 +21,7 @@ def check(view: RunView) -> list[Finding]:
         return []
     start, end = fifths(loss)
     scale = max(abs(start), 1e-12)
-    if abs(start) < 1e-8:
+    if abs(start) < cfg.converged_loss:
         return []  # already at zero: converged, not stalled
     rel = (start - end) / scale
     if rel >= cfg.stall_rel or end > start * (1 + cfg.stall_rel):

@@ -41,8 +41,8 @@ def check(view: RunView) -> list[Finding]:
     if fit is None:
         return []
     ratio = 1.0 / fit.gain if fit.gain > 0 else math.inf
-    # exact zeros in the early half of the stack: the gradient underflowed to 0 there
-    early_zero = [j for j in fit.zero_layers if j < len(view.main) / 2]
+    # exact zeros in the early part (default: half) of the stack: the gradient underflowed there
+    early_zero = [j for j in fit.zero_layers if j < len(view.main) * cfg.underflow_early_fraction]
     severity = Severity.CRITICAL if early_zero else grade(ratio, cfg)
     if severity is None or fit.per_layer >= 1.0:
         return []
