@@ -4,7 +4,9 @@
 
 gg.watch sees that torch.distributed is initialised and combines per-layer numbers across ranks
 (gradguard.distributed.DistributedReducer): gradient norms are those of the all-reduced gradients,
-activation statistics cover every rank's data, and only rank 0 writes the store.
+activation statistics cover every rank's data, and only rank 0 writes the store. Scalars given to
+``mon.log`` are not reduced (rank 0's are stored), so the loss is all-reduced here first: the stored
+``loss`` is the mean over ranks, the loss of the global batch.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import gradguard as gg
 
 
-def train(rank: int, store: str | Path, steps: int) -> None:
-    """One rank's training loop; the process group is already up."""
+def train(rank: int, store: str | Path, steps: int) -> list[float]:
+    """One rank's training loop; the process group is already up. Returns this rank's local losses."""
     torch.manual_seed(0)  # same initial weights on every rank
     model = nn.Sequential(
         nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
@@ -32,6 +34,7 @@ def train(rank: int, store: str | Path, steps: int) -> None:
     ddp = DDP(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
     data = torch.Generator().manual_seed(1 + rank)  # each rank its own data
+    local: list[float] = []
     with gg.watch(model, opt, store=store, name="ddp-example", detail_every=5) as mon:
         for _ in range(steps):
             x = torch.randn(32, 16, generator=data)
@@ -39,7 +42,12 @@ def train(rank: int, store: str | Path, steps: int) -> None:
             opt.zero_grad()
             loss.backward()  # DDP all-reduces the gradients here
             opt.step()  # the Monitor reads them in the step pre-hook
-            mon.log(loss=loss)
+            # the global batch's loss: the mean of the ranks' losses (gloo has no ReduceOp.AVG)
+            mean = loss.detach().clone()
+            dist.all_reduce(mean, op=dist.ReduceOp.SUM)
+            mon.log(loss=mean / dist.get_world_size())
+            local.append(float(loss))
+    return local
 
 
 def worker(rank: int, world_size: int, port: int, store: str, steps: int) -> None:

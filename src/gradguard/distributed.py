@@ -2,8 +2,9 @@
 
 The Monitor takes gradient statistics in the optimizer's step pre-hook, after DDP's all-reduce of
 the gradients, so under DDP (and with ``no_sync`` accumulation) there is one record per optimizer
-step, taken from the final gradients. Each recorded step costs one ``all_reduce(SUM)`` and, when
-there are maxima, one ``all_reduce(MAX)``; no value is read on the host.
+step, taken from the final gradients. Each ``reduce`` call costs one ``all_reduce(SUM)`` and, when
+there are maxima, one ``all_reduce(MAX)``; no value is read on the host. A recorded step makes one call
+(gradient statistics: SUM + MAX); a detail step two more (update ratio: SUM; activations: SUM).
 
 Replicated and sharded parameters need different arithmetic:
 
@@ -16,7 +17,11 @@ Replicated and sharded parameters need different arithmetic:
 
 Both are one rule: sum over ranks, then divide by how many ranks hold the same piece (the parameter's
 replication factor: ``world_size / number of distinct shards``, read from the DTensor placements; a
-plain tensor has one shard). Activation statistics come from each rank's own data and are summed.
+plain tensor has one shard). Non-finite counts are maxed, not summed: a tensor with NaN on several
+ranks (or in several shards) is one tensor. Activation statistics come from each rank's own data and
+are summed; the squared activation gradients are divided by ``world_size**2`` besides, because DDP and
+FSDP2 *average* the gradients over ranks: the gradient of the global (mean) loss with respect to a
+rank's activations is ``1 / world_size`` times that of the rank's own loss.
 
 Every rank makes the same collective calls in the same order whatever the values are (nothing is
 branched on a tensor value before a collective), so ranks that see different NaN/Inf do not deadlock.
@@ -36,11 +41,15 @@ import torch.distributed as dist
 
 from gradguard.errors import GradguardError
 from gradguard.layers import LayerInfo
-from gradguard.monitor import Reducer
+from gradguard.monitor import _A_GRADSQ, Reducer
 
 __all__ = ["DistributedReducer", "replication_factor"]
 
 log = logging.getLogger("gradguard")
+
+# Rows of the ``sums`` the Monitor passes (monitor.py): for gradient statistics (kind "params", 3 rows)
+# grad sumsq, weight sumsq, non-finite count; for activations the columns _A_COUNT .. _A_GRADSQ.
+_NONFINITE_ROW = 2
 
 
 def replication_factor(param: torch.Tensor, world_size: int) -> int:
@@ -123,12 +132,21 @@ class DistributedReducer(Reducer):
         Args:
             sums: float64 ``[k, L]`` to be summed (squared norms, counts, activation moments).
             maxes: float64 ``[m, L]`` to be maxed (``m`` may be 0).
-            kind: "params" divides each layer's sums by its replication factor; "activations" does not.
+            kind: "params" divides each layer's sums by its replication factor and, for gradient
+                statistics (3 rows), takes the maximum over ranks of the non-finite counts (row 2)
+                instead of their sum; "activations" sums, and divides the squared activation
+                gradients (row ``_A_GRADSQ``) by ``world_size**2`` (gradients are averaged over ranks).
 
         Returns:
             ``(sums, maxes)`` reduced; a maximum is NaN where any rank had NaN.
         """
-        k = sums.shape[0]
+        k, L = sums.shape
+        world = self.world_size
+        # Per-layer non-finite counts (gradient statistics only: 3 rows) are maxed, not summed: the
+        # same tensor non-finite on several ranks (DDP copies, FSDP2 shards of one tensor) is one
+        # tensor. The Monitor hands over per-layer counts, not per-tensor flags, so where ranks have
+        # NaN/Inf in *different* tensors of one layer the maximum is a lower bound of their union.
+        counts = sums[_NONFINITE_ROW : _NONFINITE_ROW + 1] if kind == "params" and k > 2 else None
         # NaN is carried as a count in the SUM, because MAX over NaN is not defined the same way on
         # every backend; -inf stands in for NaN in the MAX and NaN is put back afterwards.
         isnan = maxes.isnan()
@@ -136,7 +154,7 @@ class DistributedReducer(Reducer):
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=self.group)
         out_sums, nan_count = packed[:k], packed[k:]
         if kind == "params":
-            if self._factor is None or self._factor.shape[0] != sums.shape[1]:
+            if self._factor is None or self._factor.shape[0] != L:
                 raise GradguardError(
                     "DistributedReducer was not bound to the Monitor's layers; let the Monitor create "
                     "it (gg.watch does) or pass it as reducer= so that Monitor calls bind()"
@@ -144,8 +162,20 @@ class DistributedReducer(Reducer):
             if self._factor.device != sums.device:
                 self._factor = self._factor.to(sums.device)
             out_sums = out_sums / self._factor
-        if maxes.shape[0] == 0:  # a shape, the same on every rank: not a branch on values
+        elif kind == "activations" and k > _A_GRADSQ:
+            # DDP/FSDP2 average gradients over ranks: d(global mean loss)/d(h_r) = (1/W) d(L_r)/d(h_r),
+            # so the squared norm over the global batch is sum_r |a_r|^2 / W^2.
+            out_sums = out_sums.clone()
+            out_sums[_A_GRADSQ] /= float(world * world)
+        if maxes.shape[0] == 0 and counts is None:  # shapes, the same on every rank: no value branch
             return out_sums, maxes
-        m = torch.where(isnan, -math.inf, maxes).contiguous()
+        m = torch.where(isnan, -math.inf, maxes)
+        if counts is not None:  # stacked into the MAX that runs anyway: no extra collective
+            m = torch.cat([m, counts])
+        m = m.contiguous()
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=self.group)
+        if counts is not None:
+            out_sums = out_sums.clone()
+            out_sums[_NONFINITE_ROW] = m[-1]
+            m = m[:-1]
         return out_sums, torch.where(nan_count > 0, math.nan, m)
