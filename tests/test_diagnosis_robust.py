@@ -54,7 +54,7 @@ def check_output(findings: list[Finding]) -> None:
 @given(runs())
 def test_rules_never_crash(run: Run) -> None:
     check_output(diagnose(run))
-    new_findings(run, set())
+    new_findings(run, {})
 
 
 @pytest.mark.parametrize("n_steps", [0, 1, 2, 40])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from gradguard.errors import ConfigError
 from gradguard.schedules import Schedule, as_schedule, every, never
+
+if TYPE_CHECKING:
+    from gradguard.diagnosis.config import DiagnosisConfig
 
 __all__ = ["WatchConfig", "PRESETS", "resolve_config"]
 
@@ -24,6 +27,8 @@ class WatchConfig:
         update_ratio: record ||w_after - w_before|| / ||w_before|| around the optimizer step.
         flush_every: host reads of the device buffer happen every this many recorded steps.
         diagnose_online: evaluate the cheap diagnosis rules at each flush and warn once per finding.
+        diagnosis: thresholds of the online diagnosis (a
+            :class:`~gradguard.diagnosis.DiagnosisConfig`); None: its defaults.
         strict: raise errors of the monitor itself instead of reporting and disabling the part.
     """
 
@@ -33,6 +38,7 @@ class WatchConfig:
     update_ratio: bool = True
     flush_every: int = 100
     diagnose_online: bool = True
+    diagnosis: DiagnosisConfig | None = None
     strict: bool = False
 
     def __post_init__(self) -> None:
@@ -40,6 +46,14 @@ class WatchConfig:
         object.__setattr__(self, "detail_every", as_schedule(self.detail_every))
         if not isinstance(self.flush_every, int) or self.flush_every < 1:
             raise ConfigError(f"flush_every must be a whole number >= 1, got {self.flush_every!r}")
+        if self.diagnosis is not None:
+            from gradguard.diagnosis.config import DiagnosisConfig
+
+            if not isinstance(self.diagnosis, DiagnosisConfig):
+                raise ConfigError(
+                    f"diagnosis must be a DiagnosisConfig or None, got {type(self.diagnosis).__name__}; "
+                    "build one with gradguard.diagnosis.DiagnosisConfig(...)"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +63,7 @@ class WatchConfig:
             "update_ratio": self.update_ratio,
             "flush_every": self.flush_every,
             "diagnose_online": self.diagnose_online,
+            "diagnosis": None if self.diagnosis is None else asdict(self.diagnosis),
             "strict": self.strict,
         }
 

@@ -275,7 +275,7 @@ class Monitor:
         self._just_stepped = False
         self._scalars: dict[str, list[tuple[int, Any]]] = {}
         self._events: list[Event] = []
-        self._findings_seen: set[tuple[str, tuple[str, ...]]] = set()
+        self._findings_seen: dict[tuple[str, str], Any] = {}  # online key -> severity reported
         self._mem_metrics: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._mem_scalars: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._mem_events: list[Event] = []
@@ -286,13 +286,22 @@ class Monitor:
         self._writer: StoreWriter | None = None
         self.run_name = name or "run"
         self.store_path: Path | None = None
+        # The run's config, built once: stored with the run and carried by the in-memory mon.run.
+        cfg = {"watch": self.config.to_dict(), **dict(run_config or {})}
+        if optimizer is not None:
+            cfg["optimizer"] = type(optimizer).__name__
+        cfg["model"] = type(model).__name__
+        if "residual" not in cfg:  # the user's run_config={"residual": ...} wins
+            from gradguard.diagnosis._structure import residual_hint
+
+            hint = residual_hint(model)  # class names only, see docs/diagnosis.md
+            cfg["residual"] = hint is not None
+            if hint is not None:
+                cfg["residual_module"] = hint
+        self._run_config: dict[str, Any] = cfg
         if store is not None and self.reducer.is_writer:
             self._store = store if isinstance(store, Store) else Store(store)
             self.store_path = self._store.path
-            cfg = {"watch": self.config.to_dict(), **dict(run_config or {})}
-            if optimizer is not None:
-                cfg["optimizer"] = type(optimizer).__name__
-            cfg["model"] = type(model).__name__
             run_id, self.run_name = self._store.create_run(name, cfg, _environment(self.device))
             self._writer = StoreWriter(self._store, run_id)
 
@@ -837,16 +846,47 @@ class Monitor:
             {k: cat(v) for k, v in self._mem_metrics.items()},
             {k: cat(v) for k, v in self._mem_scalars.items()},
             list(self._mem_events),
-            {"watch": self.config.to_dict()},
+            dict(self._run_config),
+            path=self.store_path,
+        )
+
+    def _tail_run(self, head: int, tail: int) -> Run:
+        """The run so far with each series cut to (about) its first ``head`` and last ``tail``
+        rows: only the flushed parts that hold them are concatenated, so the cost is
+        O(head + tail + flush_every), not O(run length). Events are left out (no rule reads them).
+        """
+
+        def cut(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+            first, n = 0, 0
+            while first < len(parts) and n < head:
+                n += len(parts[first][0])
+                first += 1
+            last, n = len(parts), 0
+            while last > first and n < tail:
+                last -= 1
+                n += len(parts[last][0])
+            keep = parts[:first] + parts[last:]
+            return np.concatenate([s for s, _ in keep]), np.concatenate([v for _, v in keep])
+
+        return Run(
+            self.run_name,
+            self.recorded_layers(),
+            {k: cut(v) for k, v in self._mem_metrics.items()},
+            {k: cut(v) for k, v in self._mem_scalars.items()},
+            [],
+            dict(self._run_config),
             path=self.store_path,
         )
 
     def _diagnose_online(self) -> None:
         try:
+            from gradguard.diagnosis.config import DiagnosisConfig
             from gradguard.diagnosis.online import new_findings
         except ImportError:
             return
-        for f in new_findings(self.run, self._findings_seen):
+        dcfg = self.config.diagnosis or DiagnosisConfig()
+        run = self._tail_run(dcfg.start_steps, dcfg.online_window)
+        for f in new_findings(run, self._findings_seen, config=dcfg):
             msg = f"gradguard: {f.severity.value} {f.kind}: {f.evidence}"
             log.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)

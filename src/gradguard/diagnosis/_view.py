@@ -175,9 +175,15 @@ class RunView:
         return bool(math.isfinite(med) and med > self.config.high_update_ratio)
 
     def context(self, **extra: Any) -> dict[str, Any]:
-        """Keyword context for :func:`remedies_for` from what the run tells."""
+        """Keyword context for :func:`remedies_for` from what the run tells.
+
+        ``optimizer`` and ``has_residual`` come from the run's config, which the Monitor fills
+        at watch time (the optimizer's class name; ``residual`` from the module class names, see
+        :mod:`gradguard.diagnosis._structure`), for stored and in-memory runs alike.
+        """
         kinds = {lay.kind for lay in self.run.layers}
         opt = self.run.config.get("optimizer")
+        residual = self.run.config.get("residual")
         ctx: dict[str, Any] = {
             "activation": self.activation,
             "high_lr": self.high_lr,
@@ -185,6 +191,7 @@ class RunView:
             "has_norm": any("Norm" in k for k in kinds),
             "depth": len(self.main) or None,
             "optimizer": opt if isinstance(opt, str) else None,
+            "has_residual": residual is True,
         }
         ctx.update(extra)
         return ctx

@@ -1,7 +1,13 @@
-"""Online diagnosis: the rules on the run so far, each finding reported once.
+"""Online diagnosis: the rules on the run so far, each problem reported once (again if it worsens).
 
 The Monitor calls :func:`new_findings` at each flush (``WatchConfig.diagnose_online``); it logs and
 warns once per new finding, stores it as an event and calls ``on_finding``.
+
+What counts as "the same problem" is the finding's :func:`key`: its kind, and whether it is about
+layers or about the whole run (``exploding_gradients`` over depth names layers, over time it
+does not: two problems). The layers themselves are not part of the key: saturation that spreads
+from 5 to 6 to 7 layers is reported once, not three times. A problem is reported again only
+when its severity rises (warning -> critical).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.store import Run
 
-__all__ = ["new_findings", "ONLINE_RULES"]
+__all__ = ["new_findings", "key", "ONLINE_RULES"]
 
 # Every rule is a few numpy reductions over the recorded arrays: all of them are cheap enough.
 ONLINE_RULES = (
@@ -27,36 +33,47 @@ ONLINE_RULES = (
 )
 
 
+def key(f: Finding) -> tuple[str, str]:
+    """What identifies a problem across flushes: ``(kind, "layers" | "run")``."""
+    return (f.kind, "layers" if f.layers else "run")
+
+
 def new_findings(
     run: Run,
-    seen: set[tuple[str, tuple[str, ...]]],
+    seen: dict[tuple[str, str], Severity],
     *,
     config: DiagnosisConfig | None = None,
 ) -> list[Finding]:
-    """Findings of severity >= warning on ``run`` whose ``(kind, layers)`` is not in ``seen``.
+    """Findings of severity >= warning on ``run`` not reported before at that severity.
+
+    A finding is new when its :func:`key` is not in ``seen``, or when its severity is above the
+    one recorded there (an escalation). When one evaluation gives several findings with the same
+    key, only the most severe is returned.
 
     Args:
-        run: the run so far (``Monitor.run``).
-        seen: keys already reported; the keys of the returned findings are added to it.
+        run: the run so far (``Monitor.run``, or the bounded tail the Monitor builds).
+        seen: the most severe level reported so far per key; updated with the returned findings.
         config: thresholds (defaults when None).
 
     Returns:
         The new findings, most severe first.
 
-    >>> seen = set(); new = new_findings(mon.run, seen)   # doctest: +SKIP
+    >>> seen = {}; new = new_findings(mon.run, seen)   # doctest: +SKIP
     """
     from gradguard.diagnosis.rules import RULES
 
     config = config or DiagnosisConfig()
     view = RunView(_bounded(run, config.start_steps, config.online_window), config)
+    found = [
+        f for kind in ONLINE_RULES for f in RULES[kind](view) if f.severity >= Severity.WARNING
+    ]
     out: list[Finding] = []
-    for kind in ONLINE_RULES:
-        for f in RULES[kind](view):
-            key = (f.kind, tuple(f.layers))
-            if f.severity >= Severity.WARNING and key not in seen:
-                seen.add(key)
-                out.append(f)
-    return sorted(out, key=lambda f: -f.severity.rank)
+    for f in sorted(found, key=lambda f: -f.severity.rank):  # stable: rule order within a level
+        k = key(f)
+        if k not in seen or f.severity > seen[k]:
+            seen[k] = f.severity
+            out.append(f)
+    return out
 
 
 def _bounded(run: Run, head: int, tail: int) -> Run:
