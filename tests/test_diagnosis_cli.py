@@ -88,3 +88,13 @@ def test_bad_input_exits_2_with_one_line(tmp_path, stores, capsys) -> None:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("gradguard: error: ") and "\n" not in err
+
+
+@pytest.mark.parametrize("value", ["fatal", "Warning", "info", ""])
+def test_bad_fail_on_exits_2_with_one_line(stores, capsys, value: str) -> None:
+    # regression: argparse's choices= printed a usage block plus an error line
+    assert main(["diagnose", str(stores["good"]), "--fail-on", value]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("gradguard: error: --fail-on must be one of warning, critical")
+    assert "\n" not in err and captured.out == ""

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from gradguard.diagnosis.finding import Severity
+from gradguard.errors import ConfigError
 
 _FAIL_ON = ("warning", "critical")
 
@@ -24,10 +25,11 @@ def register(sub: Any) -> None:
     p.add_argument("store", help="the run store (.db) written by gg.watch(store=...)")
     p.add_argument("--name", help="run name (default: the last run in the file)")
     p.add_argument("--json", action="store_true", help="print the findings as a JSON list")
+    # no argparse choices=: a bad value is reported like any bad input (one line, exit 2)
     p.add_argument(
         "--fail-on",
-        choices=_FAIL_ON,
         default=None,
+        metavar="{warning,critical}",
         help="exit with code 1 if a finding is at least this severe",
     )
     p.add_argument(
@@ -40,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
     from gradguard.diagnosis import diagnose
     from gradguard.store import load
 
+    if args.fail_on is not None and args.fail_on not in _FAIL_ON:
+        raise ConfigError(
+            f"--fail-on must be one of {', '.join(_FAIL_ON)}, got {args.fail_on!r}; "
+            "e.g. --fail-on warning"
+        )
     the_run = load(args.store, args.name)
     findings = diagnose(the_run)
     if args.json:
