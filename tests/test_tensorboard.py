@@ -169,3 +169,59 @@ def test_tensorboard_example_runs(tmp_path: Path) -> None:
     log_dir = main(tmp_path / "tb", steps=4)
     acc = read_events(log_dir)
     assert len(acc.Scalars("grad_norm/00_0")) == 4
+
+
+def layout_charts(acc: EventAccumulator) -> list[str]:
+    """The chart titles of the latest custom-scalars layout (the one TensorBoard shows)."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    events = acc.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(events[-1].tensor_proto.string_val[0])
+    return [chart.title for cat in layout.category for chart in cat.chart]
+
+
+def test_layout_gets_a_chart_for_metrics_that_first_appear_later(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    # details (activations, update ratio) at step 3 only: the first flush (steps 0-1) has none
+    detail = gg.schedules.every(10, start=3)
+    mon = gg.watch(
+        model,
+        opt,
+        config="full",
+        detail_every=detail,
+        flush_every=2,
+        sinks=[TensorBoardSink(tmp_path / "tb")],
+        diagnose_online=False,
+    )
+    for _ in range(5):
+        opt.zero_grad()
+        model(torch.randn(4, 6)).square().mean().backward()
+        opt.step()
+    mon.close()
+    acc = read_events(tmp_path / "tb")
+    metrics = sorted(mon.run.metric_names)
+    assert "act_std" in metrics and "update_ratio" in metrics
+    assert mon.run.metric("act_std")[0].tolist() == [3]
+    assert sorted(layout_charts(acc)) == metrics
+    # the first layout (steps 0-1) had no activation charts; it was written again later
+    assert len(acc.Tensors("custom_scalars__config__")) >= 2
+
+
+def test_layout_rewritten_only_for_new_metrics(tmp_path: Path) -> None:
+    from gradguard.store import Layer
+
+    sink = TensorBoardSink(tmp_path)
+    layers = [Layer(0, "a", "Linear", 3, True)]
+    one = np.array([[1.0]])
+    sink.write(Batch(metrics={"grad_norm": (np.array([0]), one)}), layers)
+    sink.write(Batch(metrics={"grad_norm": (np.array([1]), one)}), layers)
+    sink.write(
+        Batch(metrics={"act_mean": (np.array([2]), one), "grad_norm": (np.array([2]), one)}), layers
+    )
+    sink.close()
+    acc = read_events(tmp_path)
+    assert [e.step for e in acc.Tensors("custom_scalars__config__")] == [0, 2]
+    assert sorted(layout_charts(acc)) == ["act_mean", "grad_norm"]

@@ -4,8 +4,11 @@ Layout (why): each per-layer value is a scalar tagged ``<metric>/<NN>_<layer>`` 
 forward order, so tags sort by depth). The Scalars dashboard groups tags by their prefix: one section
 per metric, a chart per layer. A custom-scalars layout is written too, with one multi-line chart per
 metric holding a series per layer -- the picture that shows a gradient vanishing with depth at a
-glance (Custom Scalars tab). A tag per (metric, layer) keeps one event file; ``add_scalars`` would open
-one file writer per layer and metric.
+glance (Custom Scalars tab). The layout covers every metric seen so far: it is written again
+(with the last step of the batch) whenever a flush brings a metric the last layout lacked, e.g.
+``act_*`` or ``update_ratio`` first recorded at a later detail step; TensorBoard shows the latest
+layout. A tag per (metric, layer) keeps one event file; ``add_scalars`` would open one file writer
+per layer and metric.
 
 Other tags: ``gradguard/<scalar>`` (loss, lr, grad_norm_total, anything ``mon.log`` got), text
 ``findings`` (online and end-of-run findings) and ``events``; with ``histograms_every=N``, histograms
@@ -74,7 +77,7 @@ class TensorBoardSink:
         self.log_dir = os.fspath(log_dir)
         self.histograms_every = histograms_every
         self._writer: Any = None  # opened at the first write: non-writing ranks leave no files
-        self._layout_written = False
+        self._layout_metrics: set[str] = set()  # metrics the last written layout has a chart for
         self._last_hist: int | None = None
         self._monitor: Any = None
 
@@ -96,8 +99,9 @@ class TensorBoardSink:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         names = [layer_tag("", lay.index, lay.name)[1:] for lay in layers]  # "03_encoder.fc1"
-        if batch.metrics and not self._layout_written:
-            self._write_layout(sorted(batch.metrics))
+        if not set(batch.metrics) <= self._layout_metrics:  # new metrics: rewrite the layout
+            last = max((int(st.max()) for st, _ in batch.metrics.values() if st.size), default=0)
+            self._write_layout(self._layout_metrics | set(batch.metrics), last)
         # One Summary per step with every value of that step: one event, not one per number.
         per_step: dict[int, list[Any]] = {}
         for metric, (steps, values) in batch.metrics.items():  # values: (steps, layers)
@@ -112,7 +116,7 @@ class TensorBoardSink:
                     per_step.setdefault(s, []).append(
                         Summary.Value(tag=f"gradguard/{scalar}", simple_value=v)
                     )
-        file_writer = self.writer._get_file_writer()
+        file_writer = self._file_writer()
         for s in sorted(per_step):
             if per_step[s]:
                 file_writer.add_summary(Summary(value=per_step[s]), global_step=s)
@@ -122,10 +126,23 @@ class TensorBoardSink:
             last = max(int(steps.max()) for steps, _ in batch.metrics.values() if steps.size)
             self._maybe_histograms(last, layers)
 
-    def _write_layout(self, metrics: list[str]) -> None:
-        charts = {m: ["Multiline", [rf"^{m}/"]] for m in metrics}
-        self.writer.add_custom_scalars({"gradguard: per layer (one series per layer)": charts})
-        self._layout_written = True
+    def _file_writer(self) -> Any:
+        # SummaryWriter's public ``file_writer`` (set by its constructor, None once it was closed):
+        # its add_summary writes all values of a step as one event, which add_scalar cannot.
+        fw = self.writer.file_writer
+        if fw is None:  # the SummaryWriter was closed behind the sink's back: open a new one
+            self._writer = None
+            fw = self.writer.file_writer
+        return fw
+
+    def _write_layout(self, metrics: set[str], step: int) -> None:
+        from torch.utils.tensorboard.summary import custom_scalars
+
+        charts = {m: ["Multiline", [rf"^{m}/"]] for m in sorted(metrics)}
+        layout = {"gradguard: per layer (one series per layer)": charts}
+        # the same summary SummaryWriter.add_custom_scalars writes, but with a step: the latest wins
+        self._file_writer().add_summary(custom_scalars(layout), global_step=step)
+        self._layout_metrics = set(metrics)
 
     def _write_event(self, ev: Event) -> None:
         where = f" [{ev.layer}]" if ev.layer else ""
