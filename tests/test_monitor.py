@@ -172,6 +172,7 @@ def test_activation_statistics_equal_autograd() -> None:
             ("4", model[4]),
         ]
     ]
+    weights_before = [p.detach().clone() for p in model.parameters()]
     with gg.watch(model, opt, detail_every=1) as mon:
         x, y = _batch("mlp", 0)
         opt.zero_grad()
@@ -185,6 +186,20 @@ def test_activation_statistics_equal_autograd() -> None:
     _, agn = run.metric("act_grad_norm")
     np.testing.assert_allclose(
         agn[0], [torch.linalg.vector_norm(g.double()).item() for g in grads], rtol=1e-6
+    )
+    # the same through torch.autograd.grad on the outputs of an unwatched copy at the same weights
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p_twin, p_before in zip(twin.parameters(), weights_before):
+            p_twin.copy_(p_before)
+    outs: list[torch.Tensor] = []
+    hs = [twin[i].register_forward_hook(lambda m, a, o: outs.append(o)) for i in (0, 2, 4)]
+    twin_loss = nn.functional.cross_entropy(twin(x), y)
+    for h in hs:
+        h.remove()
+    ref = torch.autograd.grad(twin_loss, outs)
+    np.testing.assert_allclose(
+        agn[0], [torch.linalg.vector_norm(g.double()).item() for g in ref], rtol=1e-6
     )
     # activation statistics are taken on the activation that consumes each layer's output
     assert [lay.activation for lay in run.layers] == ["Tanh", "ReLU", None]
@@ -213,6 +228,7 @@ def test_accumulation_gives_one_record_per_optimizer_step() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     ref_norms, ref_agn = [], []
     out_holder: list[torch.Tensor] = []
+    logged: list[float] = []
     h = model[0].register_forward_hook(capture(out_holder))
     with gg.watch(model, opt, detail_every=1) as mon:
         for step in range(3):
@@ -225,6 +241,7 @@ def test_accumulation_gives_one_record_per_optimizer_step() -> None:
                 loss.backward()
                 agn_sq += torch.linalg.vector_norm(out_holder[0].grad.double()).item() ** 2
                 mon.log(loss=loss)
+                logged.append(loss.item())
             ref_norms.append(reference_grad_stats(model, ["0", "2", "4"])["grad_norm"])
             ref_agn.append(math.sqrt(agn_sq))
             opt.step()
@@ -234,9 +251,10 @@ def test_accumulation_gives_one_record_per_optimizer_step() -> None:
     assert list(steps) == [0, 1, 2]
     np.testing.assert_allclose(gn, np.stack(ref_norms), rtol=1e-6)
     np.testing.assert_allclose(run.metric("act_grad_norm")[1][:, 0], ref_agn, rtol=1e-6)
-    # the loss of every micro-batch is kept, each at the step it belongs to
-    lsteps, _ = run.scalar("loss")
-    assert sorted(set(lsteps.tolist())) == [0, 1, 2]
+    # every micro-batch's loss belongs to its step; repeated logs in one step are averaged
+    lsteps, lvals = run.scalar("loss")
+    assert lsteps.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(lvals, np.asarray(logged).reshape(3, 4).mean(1), rtol=1e-12)
 
 
 def test_tied_weights_are_counted_once() -> None:
@@ -411,3 +429,58 @@ def test_log_takes_tensors_and_numbers_and_rejects_the_rest() -> None:
     assert list(run.scalar("before_any_step")[0]) == [0]
     assert run.scalar("acc")[1].tolist() == [0.5, 0.5]
     assert run.scalar("lr")[1].tolist() == [0.1, 0.1]
+
+
+def test_forward_order_places_functionally_used_layers_after_their_parent() -> None:
+    # nn.MultiheadAttention uses out_proj.weight without calling out_proj: out_proj never runs as a
+    # module, yet it belongs right after its attention block, not after the output head
+    torch.manual_seed(5)
+    model = TinyTransformer()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gg.watch(model, opt) as mon:
+        x, y = _batch("transformer", 0)
+        opt.zero_grad()
+        out = model(x)
+        nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
+        opt.step()
+    names = [lay.name for lay in mon.recorded_layers()]
+    for i in range(2):
+        attn = f"enc.layers.{i}.self_attn"
+        assert names.index(f"{attn}.out_proj") == names.index(attn) + 1, names
+    assert names[-1] == "head", names
+
+
+def test_store_keeps_one_averaged_value_per_step_and_auto_flush_does_not_wait(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradguard.store import StoreWriter
+
+    waits: list[bool] = []
+    submit = StoreWriter.submit
+
+    def spy(self: StoreWriter, batch: object, *, wait: bool = False) -> None:
+        waits.append(wait)
+        submit(self, batch, wait=wait)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StoreWriter, "submit", spy)
+    model = mlp(depth=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = f"{tmp_path}/acc.db"
+    logged = []
+    with gg.watch(model, opt, store=path, flush_every=2, diagnose_online=False) as mon:
+        for step in range(5):  # flushes after steps 1 and 3 (automatic), step 4 at close
+            opt.zero_grad()
+            for micro in range(3):
+                x, y = _batch("mlp", 10 * step + micro)
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                mon.log(loss=loss, micro=float(micro))
+                logged.append(loss.item())
+            opt.step()
+    assert waits[:2] == [False, False] and waits[-1] is True  # automatic flushes, then close()
+    stored = gg.load(path)
+    steps, loss_vals = stored.scalar("loss")
+    assert steps.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(loss_vals, np.asarray(logged).reshape(5, 3).mean(1), rtol=1e-12)
+    np.testing.assert_array_equal(loss_vals, mon.run.scalar("loss")[1])  # memory == store
+    np.testing.assert_array_equal(stored.scalar("micro")[1], [1.0] * 5)

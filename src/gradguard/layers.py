@@ -11,12 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from gradguard.errors import GradguardError
 
-__all__ = ["LayerInfo", "discover_layers", "ACTIVATION_BOUNDS", "activation_bounds"]
+__all__ = [
+    "LayerInfo",
+    "discover_layers",
+    "forward_order",
+    "ACTIVATION_BOUNDS",
+    "activation_bounds",
+]
 
 ROOT_NAME = "(root)"
 
@@ -153,5 +158,34 @@ def saturation_tolerance(bounds: tuple[float, float]) -> tuple[float, float]:
     return lo + tol, hi - tol
 
 
-def is_floating(t: object) -> bool:
-    return isinstance(t, torch.Tensor) and t.is_floating_point()
+def forward_order(layers: list[LayerInfo], seen: list[int]) -> list[int]:
+    """Layer indices in forward order, from the indices ``seen`` (first forward pass, pre-hook order).
+
+    A layer whose module never ran as a module but whose parameters its parent uses directly
+    (``nn.MultiheadAttention`` reads ``out_proj.weight`` without calling ``out_proj``) is placed
+    right after that ancestor's part of the order: its nearest ancestor that is a layer and ran,
+    after every seen layer inside that ancestor. A layer with no such ancestor goes last, in
+    registration order.
+
+    >>> forward_order(discover_layers(nn.MultiheadAttention(4, 2)), [0])
+    [0, 1]
+    """
+    order = list(seen)
+    name_of = {lay.index: lay.name for lay in layers}
+
+    def inside(name: str, ancestor: str) -> bool:
+        return ancestor == ROOT_NAME or name.startswith(ancestor + ".")
+
+    tail = []
+    for lay in layers:
+        if lay.index in order:
+            continue
+        ancestors = [i for i in seen if name_of[i] != lay.name and inside(lay.name, name_of[i])]
+        if not ancestors:
+            tail.append(lay.index)
+            continue
+        anc = max(ancestors, key=lambda i: len(name_of[i]) if name_of[i] != ROOT_NAME else -1)
+        # after the ancestor and every layer of its subtree already placed
+        pos = max(k for k, i in enumerate(order) if i == anc or inside(name_of[i], name_of[anc]))
+        order.insert(pos + 1, lay.index)
+    return order + tail

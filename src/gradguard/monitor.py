@@ -45,6 +45,7 @@ from gradguard.layers import (
     LayerInfo,
     activation_bounds,
     discover_layers,
+    forward_order,
     saturation_tolerance,
 )
 from gradguard.store import Batch, Event, Layer, Run, Store, StoreWriter
@@ -150,6 +151,33 @@ def _max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
     hi = torch.stack([m[1] for m in lo_hi]).to(torch.float64)
     both = torch.stack([hi, lo.neg()])
     return torch.where(both.isnan().any(0), math.nan, both.amax(0))
+
+
+def _read_logged(scalars: Mapping[str, list[tuple[int, Any]]]) -> dict[int, float]:
+    """Host values of every tensor passed to ``log()`` since the last flush, keyed by ``id``:
+    stacked per device and read once, so a flush costs one sync per device, not one per value."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for vals in scalars.values():
+        for _, v in vals:
+            if isinstance(v, torch.Tensor):
+                by_device.setdefault(v.device, []).append(v)
+    out: dict[int, float] = {}
+    for tensors in by_device.values():
+        host = torch.stack([t.to(torch.float64) for t in tensors]).cpu().tolist()
+        out.update(zip(map(id, tensors), host))
+    return out
+
+
+def _per_step_mean(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One value per step: values logged several times within one optimizer step (gradient
+    accumulation: once per micro-batch) are averaged. Steps come out sorted."""
+    uniq, inv = np.unique(steps, return_inverse=True)
+    if len(uniq) == len(steps):
+        order = np.argsort(steps, kind="stable")
+        return steps[order], values[order].astype(np.float64)
+    total = np.zeros(len(uniq), dtype=np.float64)
+    np.add.at(total, inv, values.astype(np.float64))
+    return uniq, total / np.bincount(inv)
 
 
 def _first_tensor(x: Any) -> torch.Tensor | None:
@@ -372,8 +400,7 @@ class Monitor:
         return hook
 
     def _trace_done(self, module: nn.Module, args: Any, output: Any) -> None:
-        seen = list(self._seen_order)
-        self._order = seen + [lay.index for lay in self.layers if lay.index not in seen]
+        self._order = forward_order(self.layers, list(self._seen_order))
         for h in self._trace_handles:
             h.remove()
         self._trace_handles.clear()
@@ -432,7 +459,7 @@ class Monitor:
         self.step_count = s + 1
         self._just_stepped = True
         if len(self._slot_steps) >= self.config.flush_every:
-            self.flush()
+            self.flush(wait=False)  # automatic: the commit happens on the writer thread
         self._prepare_step(self.step_count)
 
     def _prepare_step(self, s: int) -> None:
@@ -459,7 +486,7 @@ class Monitor:
         if s in self._slot_of_step:
             return self._slot_of_step[s]
         if len(self._slot_steps) >= self.config.flush_every:
-            self.flush()
+            self.flush(wait=False)  # automatic: the commit happens on the writer thread
         slot = len(self._slot_steps)
         self._buf[slot].fill_(math.nan)
         self._gtotal[slot].fill_(math.nan)
@@ -767,24 +794,27 @@ class Monitor:
                     batch.metrics[m] = (steps[mask], data[mask, j, :])
             if groups["grad"].any():
                 batch.scalars["grad_norm_total"] = (steps[groups["grad"]], gtotal[groups["grad"]])
-            lr = np.asarray([float(x) for x in self._slot_lr])  # tensors: read once, here at flush
-            if self.optimizer is not None:
-                batch.scalars["lr"] = (steps, lr)
+            if self.optimizer is not None:  # tensor lrs (capturable optimizers): one read, here
+                lr_host = _read_logged({"lr": list(enumerate(self._slot_lr))})
+                batch.scalars["lr"] = (
+                    steps,
+                    np.asarray(
+                        [
+                            lr_host[id(x)] if isinstance(x, torch.Tensor) else x
+                            for x in self._slot_lr
+                        ],
+                        dtype=np.float64,
+                    ),
+                )
+        host = _read_logged(self._scalars)  # every logged tensor: one host read per device
         for k, vals in self._scalars.items():
-            if not vals:
-                continue
-            s = np.asarray([st for st, _ in vals], dtype=np.int64)
-            tensors = [v for _, v in vals if isinstance(v, torch.Tensor)]
-            host = (
-                iter(torch.stack([t.to(torch.float64).cpu() for t in tensors]).numpy().tolist())
-                if tensors
-                else iter(())
-            )
-            v = np.asarray(
-                [next(host) if isinstance(x, torch.Tensor) else x for _, x in vals],
-                dtype=np.float64,
-            )
-            batch.scalars[k] = (s, v)
+            if vals:
+                batch.scalars[k] = _per_step_mean(
+                    np.asarray([st for st, _ in vals], dtype=np.int64),
+                    np.asarray(
+                        [host[id(x)] if isinstance(x, torch.Tensor) else x for _, x in vals]
+                    ),
+                )
         batch.events = list(self._events)
         if not self._layers_written and (
             self._order is not None or n or batch.scalars or batch.events

@@ -329,6 +329,7 @@ class StoreWriter:
         self.store = store
         self.run_id = run_id
         self.failed: BaseException | None = None
+        self._reported = False
         self._q: queue.Queue[tuple[Batch | None, threading.Event | None]] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="gradguard-store", daemon=True)
         self._thread.start()
@@ -340,10 +341,7 @@ class StoreWriter:
                 if batch is not None and self.failed is None:
                     self.store.write(self.run_id, batch)
             except BaseException as e:  # reported once, never raised into the training loop
-                self.failed = e
-                msg = f"gradguard: writing the store {str(self.store.path)!r} failed ({e}); recording to it is disabled"
-                log.error(msg)
-                warnings.warn(msg, RuntimeWarning, stacklevel=1)
+                self.failed = e  # reported by the submitting thread: see _report
             finally:
                 if done is not None:
                     done.set()
@@ -352,11 +350,13 @@ class StoreWriter:
 
     def submit(self, batch: Batch, *, wait: bool = False) -> None:
         if self.failed is not None:
+            self._report()
             return
         done = threading.Event() if wait else None
         self._q.put((batch, done))
         if done is not None:
             done.wait()
+            self._report()
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -364,6 +364,21 @@ class StoreWriter:
             self._q.put((None, done))
             done.wait(timeout=60)
             self._thread.join(timeout=60)
+        self._report()
+
+    def _report(self) -> None:
+        """Report a failed write once, from the thread that submits (the training thread):
+        a warning raised on the writer thread is lost whenever the training thread happens to
+        be inside ``warnings.catch_warnings()`` (numpy, torch and diagnosis all use it)."""
+        if self.failed is None or self._reported:
+            return
+        self._reported = True
+        msg = (
+            f"gradguard: writing the store {str(self.store.path)!r} failed ({self.failed}); "
+            "recording to it is disabled"
+        )
+        log.error(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
 class Run:
