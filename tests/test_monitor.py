@@ -484,3 +484,21 @@ def test_store_keeps_one_averaged_value_per_step_and_auto_flush_does_not_wait(
     np.testing.assert_allclose(loss_vals, np.asarray(logged).reshape(5, 3).mean(1), rtol=1e-12)
     np.testing.assert_array_equal(loss_vals, mon.run.scalar("loss")[1])  # memory == store
     np.testing.assert_array_equal(stored.scalar("micro")[1], [1.0] * 5)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_max_abs_kernels_agree_on_nan_inf_empty_and_half(fused: bool) -> None:
+    # fused=True is the accelerator path (one _foreach_norm(inf)); run on CPU tensors here
+    from gradguard.monitor import _max_abs
+
+    tensors = [
+        torch.tensor([1.0, -3.0, 2.0]),
+        torch.tensor([1.0, -math.inf]),
+        torch.zeros(0),  # an empty FSDP2 shard
+        torch.tensor([2.0, -5.0]).half(),
+        torch.tensor([[0.5, -0.25]]).bfloat16(),
+    ]
+    got = _max_abs(tensors, fused=fused)
+    assert got.dtype == torch.float64
+    np.testing.assert_array_equal(got.numpy(), [3.0, math.inf, 0.0, 5.0, 0.5])
+    assert torch.isnan(_max_abs([torch.tensor([1.0, math.nan])], fused=False)).all()
