@@ -152,12 +152,14 @@ def check_time(view: RunView) -> list[Finding]:
         min_points=cfg.spike_min_points,
     )
     if len(hits):
-        prev_med = [float(np.median(g[max(0, i - cfg.spike_window) : i])) for i in hits]
-        worst = int(np.argmax(g[hits] / np.asarray(prev_med)))
+        prev_med = np.asarray([float(np.median(g[max(0, i - cfg.spike_window) : i])) for i in hits])
+        with np.errstate(over="ignore"):  # 1e300 over 1e-300: an inf ratio is still a spike
+            jump = g[hits] / prev_med
+        worst = int(np.argmax(jump))
         raise_to(Severity.WARNING)
         parts.append(
             f"grad_norm_total spiked {len(hits)} time(s), first at step {int(steps[hits[0]])}; "
-            f"largest {fmt(float(g[hits[worst]] / prev_med[worst]))}x its running median "
+            f"largest {fmt(float(jump[worst]))}x its running median "
             f"at step {int(steps[hits[worst]])}"
         )
         data["spike_steps"] = [int(steps[i]) for i in hits]
