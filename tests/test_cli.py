@@ -43,11 +43,15 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == f"gradguard {gg.__version__}"
     assert main([]) == 0
     assert "show" in capsys.readouterr().out
-    # the installed console script is the same entry point
+    # `python -m gradguard` and the installed console script are the same entry point
     out = subprocess.run(
         [sys.executable, "-m", "gradguard", "--help"], capture_output=True, text=True, check=True
     )
     assert "vanishing and exploding" in out.stdout
+    script = Path(sys.executable).with_name("gradguard")  # pip puts it beside the interpreter
+    assert script.is_file(), f"no console script at {script}: is gradguard pip-installed here?"
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"gradguard {gg.__version__}"
 
 
 def test_show_prints_layers_flow_scalars_events(
