@@ -140,3 +140,97 @@ def test_docs_table_lists_every_technique() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "diagnosis.md").read_text()
     for t in TECHNIQUES.values():
         assert f"| {t.name} | `{t.how}` |" in doc, t.key
+
+
+def _api_problems(how: str) -> list[str]:
+    """What in a how-to names a gradguard API that does not exist, or calls it with arguments
+    its signature does not take: ``gg.X.Y(args)``, a call on its result (``gg.clip.Norm(1.0)(
+    params)``), ``v = gg.X(...); v.method()``, and WatchConfig fields as ``gg.watch`` keywords."""
+    import inspect
+    import re
+
+    import gradguard as gg
+    from gradguard.config import WatchConfig
+
+    problems: list[str] = []
+
+    def bind(fn: object, args: str, what: str, *, extra_kw: frozenset[str] = frozenset()) -> None:
+        parts = [a.strip() for a in args.split(",") if a.strip()]
+        kws = {p.split("=", 1)[0].strip() for p in parts if re.match(r"^\w+\s*=", p)}
+        npos = len(parts) - len(kws)
+        try:
+            sig = inspect.signature(fn)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            problems.append(f"{what}: no signature")
+            return
+        if extra_kw:  # gg.watch(**options): the options are WatchConfig fields
+            named = set(sig.parameters)
+            problems.extend(f"{what}: no option {k!r}" for k in sorted(kws - named - extra_kw))
+            kws &= named
+        try:
+            sig.bind(*([None] * npos), **dict.fromkeys(kws))
+        except TypeError as e:
+            problems.append(f"{what}({args}): {e}")
+
+    call = r"\(((?:[^()]|\([^()]*\))*)\)"  # (args), one level of nested calls allowed
+    for m in re.finditer(rf"\bgg\.([A-Za-z_][\w.]*)(?:{call})?(?:{call})?", how):
+        dotted, args, then = m.group(1), m.group(2), m.group(3)
+        obj: object = gg
+        for part in dotted.split("."):
+            if not hasattr(obj, part):
+                problems.append(f"gg.{dotted}: no attribute {part!r}")
+                break
+            obj = getattr(obj, part)
+        else:
+            if args is not None:
+                extra = frozenset(WatchConfig.__dataclass_fields__ if obj is gg.watch else ())
+                bind(obj, args, f"gg.{dotted}", extra_kw=extra)
+            if then is not None and isinstance(obj, type):
+                bind(obj.__call__, f"self, {then}", f"gg.{dotted}(...)")
+            var = re.search(rf"(\w+)\s*=\s*gg\.{re.escape(dotted)}\(", how)
+            if var and isinstance(obj, type):
+                for meth in re.findall(rf"\b{var.group(1)}\.(\w+)\(", how):
+                    if not hasattr(obj, meth):
+                        problems.append(f"gg.{dotted} has no method {meth!r}")
+    return problems
+
+
+def test_remedy_hows_name_real_gradguard_apis() -> None:
+    hows = {t.key: t.how for t in TECHNIQUES.values()}
+    named = {k: h for k, h in hows.items() if "gg." in h}
+    # the how-tos that name gradguard: init_, clip.*, Guard, locate_nonfinite
+    assert {
+        "he_init",
+        "lsuv_init",
+        "clip_norm",
+        "clip_value",
+        "clip_adaptive",
+        "guard",
+        "locate",
+    } <= set(named)
+    for key, how in named.items():
+        assert _api_problems(how) == [], key
+
+
+def test_api_checker_catches_what_does_not_exist() -> None:
+    assert _api_problems("gg.clip.Nrm(1.0)(model.parameters())")
+    assert _api_problems('gg.init_(model, "he", dta=batch)')
+    assert _api_problems("gg.locate_nonfinite()")  # model and inputs are required
+    assert _api_problems("g = gg.Guard(model, opt); g.stepp()")
+    assert _api_problems("gg.watch(model, opt, detail_evry=5)")
+    assert _api_problems("gg.watch(model, opt, detail_every=5, store='x.db')") == []
+    assert _api_problems("gg.clip.Norm(1.0)(model.parameters())") == []
+    assert _api_problems("gg.clip.Norm(1.0)(model.parameters(), 3, 4)")  # the call is checked too
+
+
+def test_init_hows_use_real_schemes() -> None:
+    import torch
+    from torch import nn
+
+    import gradguard as gg
+
+    torch.manual_seed(0)
+    for t in TECHNIQUES.values():
+        if t.how.startswith("gg.init_("):
+            model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            eval(t.how, {"gg": gg}, {"model": model, "batch": torch.randn(16, 4)})  # noqa: S307
