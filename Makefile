@@ -30,8 +30,13 @@ pytest: $(BIN)/gradguard
 
 test: lint typecheck pytest
 
+# every benchmark behind docs/benchmarks.md, one after the other (about 10 minutes on 2 cores);
+# run it on a quiet machine
 bench: $(BIN)/gradguard
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/overhead.py --json bench-overhead.json
+	$(BIN)/python benchmarks/clip.py
+	$(BIN)/python benchmarks/check.py
+	$(BIN)/python benchmarks/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache gradguard-demo

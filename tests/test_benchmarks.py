@@ -25,3 +25,24 @@ def test_overhead_benchmark_runs_quick(tmp_path: Path) -> None:
         med = data["workloads"][name]["median_s"]
         assert set(med) == {"bare", "bare2", "watch", "grad-only", "item", "histc"}
         assert all(v > 0 for v in med.values())
+
+
+def _run(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_check_benchmark_runs_small() -> None:
+    out = _run(
+        "benchmarks/check.py", "--repeats", "1", "--depth", "4", "--width", "16", "--batch", "8"
+    )
+    assert "median" in out
+
+
+def test_clip_benchmark_runs_one_round() -> None:
+    out = _run("benchmarks/clip.py", "--rounds", "1", "--threads", "1")
+    for method in ("AutoClip", "AGC", "ZClip"):
+        assert method in out
