@@ -161,6 +161,129 @@ def test_gradscaler_overflow_skip_is_not_counted_twice() -> None:
     assert guard.step(loss=loss)
 
 
+def _amp_setup(**guard_kw):
+    model, opt, _, x, y = setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    guard = gg.Guard(model, opt, scaler=scaler, warmup=3, **guard_kw)
+
+    def scaled_backward(loss_scale: float = 1.0) -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y) * loss_scale
+        scaler.scale(loss).backward()
+        return loss
+
+    return model, opt, scaler, guard, scaled_backward
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_gradscaler_skip_with_nonfinite_loss_is_not_counted_twice(bad: float) -> None:
+    """fp16 overflow in the forward: the loss itself is inf/NaN, so are the scaled grads."""
+    model, opt, scaler, guard, scaled_backward = _amp_setup(rollback=True, lr_backoff=0.5)
+    for _ in range(3):
+        assert guard.step(loss=scaled_backward())
+    before = params(model)
+    loss = scaled_backward(loss_scale=bad)  # inf * loss (or NaN): non-finite loss and grads
+    assert not torch.isfinite(loss)
+    assert guard.step(loss=loss) is False
+    assert scaler.get_scale() == 2.0**9  # the scaler backed off once ...
+    assert guard.events == [] and guard.scaler_skips == 1  # ... and the guard stayed quiet
+    assert opt.param_groups[0]["lr"] == 0.05  # no rollback backoff for the scaler's own skip
+    assert all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
+    assert guard.step(loss=scaled_backward())  # and training goes on
+
+
+def test_nonfinite_loss_with_finite_grads_under_a_scaler_is_the_guards_event() -> None:
+    model, opt, scaler, guard, scaled_backward = _amp_setup()
+    scaled_backward()  # finite gradients: the scaler would step
+    assert guard.step(loss=torch.tensor(float("nan"))) is False
+    assert [e.kind for e in guard.events] == ["nonfinite_loss"] and guard.scaler_skips == 0
+    assert scaler.get_scale() == 2.0**10
+
+
+class _SyncCounter:
+    def __init__(self, monkeypatch) -> None:
+        self.calls: list[str] = []
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
+            orig = getattr(torch.Tensor, name)
+
+            def counted(t, *a, _orig=orig, _name=name, **k):
+                self.calls.append(_name)
+                return _orig(t, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_one_host_read_per_good_step(monkeypatch, amp: bool) -> None:
+    """One host read per good step, GradScaler's overflow check included."""
+    if amp:
+        model, opt, scaler, guard, backward_fn = _amp_setup()
+    else:
+        model, opt, guard, x, y = setup()
+        scaler = None
+
+        def backward_fn() -> torch.Tensor:
+            return backward(model, opt, x, y)
+
+    assert guard.step(loss=backward_fn())  # warm
+    counter = _SyncCounter(monkeypatch)
+    for _ in range(4):
+        loss = backward_fn()
+        counter.calls.clear()
+        assert guard.step(loss=loss)
+        assert counter.calls == ["tolist"]
+    monkeypatch.undo()
+    if scaler is not None:
+        assert scaler.get_scale() == 2.0**10 and guard.scaler_skips == 0
+    assert guard.good_steps == 5 and guard.events == []
+
+
+def test_gradscaler_driven_by_the_guard_trains_like_scaler_step() -> None:
+    """guard.step() (own overflow read, optimizer.step + update) == scaler.step + update."""
+    runs = []
+    for use_guard in (True, False):
+        model, opt, scaler, guard, scaled_backward = _amp_setup()
+        for step in range(6):
+            loss = scaled_backward()
+            if step == 2:
+                model[2].weight.grad[0, 0] = float("inf")
+            if use_guard:
+                guard.step(loss=loss)
+            else:
+                scaler.step(opt)
+                scaler.update()
+        runs.append((params(model), scaler.get_scale(), scaler._get_growth_tracker()))
+    (pa, sa, ga), (pb, sb, gb) = runs
+    assert (sa, ga) == (sb, gb) == (2.0**9, 3)
+    for a, b in zip(pa, pb):
+        torch.testing.assert_close(a, b)
+
+
+def test_lr_backoff_without_rollback() -> None:
+    model, opt, guard, x, y = setup(lr_backoff=0.5)  # rollback=False
+    backward(model, opt, x, y)
+    assert guard.step()
+    moved = params(model)
+    backward(model, opt, x, y)
+    model[0].weight.grad[0, 0] = float("nan")
+    assert guard.step() is False
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
+    ev = guard.events[-1]
+    assert not ev.rolled_back and ev.lr == pytest.approx((0.025,))
+    assert "lr now 0.025" in str(ev) and "rolled back" not in str(ev)
+    assert all(torch.equal(p.detach(), m) for p, m in zip(model.parameters(), moved))  # no rollback
+
+
+def test_default_lr_backoff_is_off_without_rollback_and_half_with_it() -> None:
+    for rollback, lr in ((False, 0.05), (True, 0.025)):
+        model, opt, guard, x, y = setup(rollback=rollback)
+        backward(model, opt, x, y)
+        model[0].weight.grad[0, 0] = float("nan")
+        assert guard.step() is False
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr)
+        assert guard.events[-1].lr == (None if not rollback else pytest.approx((lr,)))
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [

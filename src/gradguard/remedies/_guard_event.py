@@ -23,13 +23,15 @@ class GuardEvent:
     loss: float | None  # the loss, if one was passed
     layer: str | None  # first module (registration order) with a non-finite gradient
     rolled_back: bool  # parameters and optimizer state restored from the last snapshot
-    lr: tuple[float, ...] | None  # learning rates after the backoff (None: unchanged)
+    lr: tuple[float, ...] | None  # learning rates after the backoff (None: not backed off)
     location: NonfiniteLocation | None = None  # from locate_nonfinite, first non-finite event only
 
     def __str__(self) -> str:
         out = f"step {self.step}: skipped ({self.kind}) — {self.message}"
         if self.rolled_back:
-            out += f"; rolled back, lr now {', '.join(f'{x:.3g}' for x in self.lr or ())}"
+            out += "; rolled back"
+        if self.lr is not None:
+            out += f"; lr now {', '.join(f'{x:.3g}' for x in self.lr)}"
         if self.location is not None:
             out += "\n" + str(self.location)
         return out

@@ -34,18 +34,25 @@ class Guard:
     the last ``history`` good norms exceeds ``max_norm_z`` (checked after ``warmup`` good
     steps; the scale is floored at 1% of the median). A bad step is not taken, a
     :class:`GuardEvent` is appended to ``guard.events`` (and sent to ``monitor.event`` when
-    attached through ``gg.watch(..., guard=guard)``), and with ``rollback=True`` the model and
+    attached through ``gg.watch(..., guard=guard)``), with ``rollback=True`` the model and
     optimizer go back to the last snapshot (deep copies on the device, taken at start and
-    every ``snapshot_every`` good steps) and every param group's learning rate is multiplied
-    by ``lr_backoff``. On the first non-finite event, if the batch was passed, the guard
-    replays it with :func:`~gradguard.locate_nonfinite` and puts the location in the event.
+    every ``snapshot_every`` good steps), and every param group's learning rate is multiplied
+    by ``lr_backoff`` (default: 0.5 with rollback, 1 = unchanged without; a value you pass is
+    applied on every skip, with or without rollback). On the first non-finite event, if the
+    batch was passed, the guard replays it with :func:`~gradguard.locate_nonfinite` and puts
+    the location in the event.
 
-    Cost: one host sync per step (the norm and loss are read together to decide), as
-    torch.amp.GradScaler does; the norm is one foreach pass over the gradients.
+    Cost: one host sync per step (the norm and loss, and with a scaler its overflow flag, are
+    read together to decide), as torch.amp.GradScaler does; the norm is one foreach pass over
+    the gradients.
 
     With ``scaler=`` (a ``torch.amp.GradScaler``): pass the *unscaled* loss; ``guard.step()``
     replaces ``scaler.step(optimizer); scaler.update()`` and unscales first if you did not. A
-    step the scaler skips for overflow (its scale decreases) is not recorded a second time.
+    step where the scaler found an inf/NaN gradient (an fp16 overflow, in the backward or
+    already in the loss) is the scaler's skip: its scale backs off, ``guard.scaler_skips`` counts
+    it, and no event is recorded (no rollback, no lr backoff). The guard reads the scaler's
+    overflow flag itself and then calls ``optimizer.step()`` and ``scaler.update()`` (what
+    ``scaler.step`` would do, without its second sync).
 
     Args:
         model: the trained model.
@@ -55,7 +62,8 @@ class Guard:
         warmup: good steps before spikes are checked.
         rollback: restore the last snapshot (and back the learning rate off) on a bad step.
         snapshot_every: good steps between snapshots (rollback only).
-        lr_backoff: factor in (0, 1] applied to every learning rate on rollback.
+        lr_backoff: factor in (0, 1] applied to every learning rate on each skip; None (the
+            default): 0.5 with ``rollback=True``, no backoff without.
         scaler: a GradScaler to drive (see above).
         loss_fn: ``loss_fn(output, target)`` used to replay a batch for locate_nonfinite.
         locate: replay the batch on the first non-finite event (needs ``inputs``/``batch``).
@@ -71,7 +79,7 @@ class Guard:
         warmup: int = 20,
         rollback: bool = False,
         snapshot_every: int = 100,
-        lr_backoff: float = 0.5,
+        lr_backoff: float | None = None,
         scaler: Any = None,
         loss_fn: Callable[..., torch.Tensor] | None = None,
         locate: bool = True,
@@ -86,6 +94,8 @@ class Guard:
         self.snapshot_every = int(
             check_number("snapshot_every", snapshot_every, low=1, low_inclusive=True, integer=True)
         )
+        if lr_backoff is None:
+            lr_backoff = 0.5 if rollback else 1.0
         self.lr_backoff = check_number("lr_backoff", lr_backoff, low=0.0, high=1.0)
         if scaler is not None and not all(
             callable(getattr(scaler, a, None)) for a in ("unscale_", "step", "update", "get_scale")
@@ -152,47 +162,86 @@ class Guard:
                     "guard.step(batch=...) expects (inputs, target); pass inputs=... and target=... otherwise"
                 )
             inputs, target = batch
-        if self.scaler is not None:
-            with contextlib.suppress(RuntimeError):  # raised if the user already unscaled
-                self.scaler.unscale_(self.optimizer)
-        norm, loss_v = self._measure(loss)
-        kind, z = self._judge(norm, loss_v)
+        if loss is not None and not isinstance(loss, (torch.Tensor, int, float)):
+            raise GradguardError(
+                f"guard.step(loss=...) got {type(loss).__name__}; pass the loss tensor or a number"
+            )
+        found_inf = self._unscale()
+        norm, loss_v, overflow = self._measure(loss, found_inf)
         idx = self.steps
         self.steps += 1
+        if overflow:  # the scaler found inf/NaN: its own skip, not an event
+            self.scaler.update()  # backs the scale off; the optimizer never sees these grads
+            self.scaler_skips += 1
+            return False
+        kind, z = self._judge(norm, loss_v)
         if kind is None:
-            if self.scaler is not None:
+            if self.scaler is None:
+                self.optimizer.step()
+            elif found_inf is not None:  # no overflow (read above): what scaler.step would do
+                self.optimizer.step()
+                self.scaler.update()
+            else:  # a scaler whose overflow flag we cannot read: let it decide (its own sync)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-            else:
-                self.optimizer.step()
             self._norms.append(norm)
             self.good_steps += 1
             if self.rollback and self.good_steps - (self.snapshot_step or 0) >= self.snapshot_every:
                 self.take_snapshot()
             return True
         if self.scaler is not None:
-            before = float(self.scaler.get_scale())
-            self.scaler.update()  # no scaler.step: the optimizer must not see these gradients
-            if kind == "nonfinite_grad" and float(self.scaler.get_scale()) < before:
-                self.scaler_skips += 1  # the scaler's own overflow skip: not an event
+            # flag not readable: a non-finite step whose scale goes down was the scaler's skip
+            ask = found_inf is None and kind != "grad_spike"
+            before = float(self.scaler.get_scale()) if ask else 0.0
+            self.scaler.update()  # no optimizer step: it must not see these gradients
+            if ask and float(self.scaler.get_scale()) < before:
+                self.scaler_skips += 1
                 return False
         self._record(idx, kind, norm, z, loss_v, inputs, target)
         return False
 
-    def _measure(self, loss: torch.Tensor | float | None) -> tuple[float, float | None]:
-        """The gradient norm and the loss, read in one host sync."""
+    def _unscale(self) -> torch.Tensor | None:
+        """Unscale through the scaler (unless done already); its overflow flag (0-d), if readable.
+
+        ``GradScaler.unscale_`` records one ``found_inf`` tensor per device; we read it with the
+        scaler's own ``_found_inf_per_device`` (the accessor its ``step`` uses), so that the flag
+        joins our one host read. None when there is no scaler, it is disabled, or the flag
+        cannot be read (then ``scaler.step`` decides, as usual).
+        """
+        if self.scaler is None:
+            return None
+        with contextlib.suppress(RuntimeError):  # raised if the user already unscaled
+            self.scaler.unscale_(self.optimizer)
+        enabled = getattr(self.scaler, "is_enabled", None)
+        read = getattr(self.scaler, "_found_inf_per_device", None)
+        if not callable(read) or (callable(enabled) and not enabled()):
+            return None
+        try:
+            flags = list(read(self.optimizer).values())
+        except Exception:  # an unexpected scaler: fall back to scaler.step
+            return None
+        if not flags or not all(isinstance(f, torch.Tensor) for f in flags):
+            return None
+        dev = flags[0].device
+        return torch.stack([f.reshape(()).float().to(dev) for f in flags]).sum()
+
+    def _measure(
+        self, loss: torch.Tensor | float | None, found_inf: torch.Tensor | None
+    ) -> tuple[float, float | None, bool]:
+        """The gradient norm, the loss and the scaler's overflow flag, read in one host sync."""
         grads = [p.grad for p in self._params if p.grad is not None]
         norm = total_norm(grads)
-        if loss is None:
-            return float(norm), None  # the one sync of this step
-        if not isinstance(loss, (torch.Tensor, int, float)):
-            raise GradguardError(
-                f"guard.step(loss=...) got {type(loss).__name__}; pass the loss tensor or a number"
-            )
-        lt = loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
-        lt = lt.detach().float().sum().to(norm.device)
-        n, lv = torch.stack([norm, lt]).tolist()  # the one sync of this step
-        return n, lv
+        parts = [norm]
+        if loss is not None:
+            lt = loss if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+            parts.append(lt.detach().float().sum().to(norm.device))
+        if found_inf is not None:
+            parts.append(found_inf.to(norm.device))
+        vals = torch.stack(parts).tolist()  # the one sync of this step
+        n = vals[0]
+        lv = vals[1] if loss is not None else None
+        overflow = found_inf is not None and vals[-1] != 0.0
+        return n, lv, overflow
 
     def _judge(self, norm: float, loss: float | None) -> tuple[str | None, float | None]:
         if loss is not None and not _finite(loss):
@@ -236,10 +285,11 @@ class Guard:
             "nonfinite_grad": f"gradient norm is {norm}" + (f", first in {layer}" if layer else ""),
             "grad_spike": f"gradient norm {norm:.4g} has robust z-score {z or 0:.1f} > {self.max_norm_z:g}",
         }[kind]
-        lr = None
-        if self.rollback and self._snapshot is not None:
-            lr = self._roll_back()
-        ev = GuardEvent(idx, kind, msg, norm, z, loss, layer, lr is not None, lr, where)
+        rolled = self.rollback and self._snapshot is not None
+        if rolled:
+            self._roll_back()
+        lr = self._back_off() if rolled or self.lr_backoff < 1.0 else None
+        ev = GuardEvent(idx, kind, msg, norm, z, loss, layer, rolled, lr, where)
         self.events.append(ev)
         if self._monitor is not None:
             try:
@@ -255,8 +305,8 @@ class Guard:
                     f"gradguard: Guard could not record an event: {e}", RuntimeWarning, stacklevel=3
                 )
 
-    def _roll_back(self) -> tuple[float, ...]:
-        """Restore the snapshot, then multiply each group's current learning rate by the backoff."""
+    def _roll_back(self) -> None:
+        """Restore the snapshot; each group keeps its current learning rate (not the snapshot's)."""
         assert self._snapshot is not None
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         model_state, opt_state = self._snapshot
@@ -264,7 +314,12 @@ class Guard:
         # a deep copy: the optimizer updates its state in place, the snapshot must survive that
         self.optimizer.load_state_dict(copy.deepcopy(opt_state))
         for g, lr in zip(self.optimizer.param_groups, lrs):
-            g["lr"] = lr * self.lr_backoff
+            g["lr"] = lr
+
+    def _back_off(self) -> tuple[float, ...]:
+        """Multiply each group's learning rate by ``lr_backoff``; return the new rates."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["lr"] * self.lr_backoff
         return tuple(float(g["lr"]) for g in self.optimizer.param_groups)
 
 
