@@ -189,3 +189,140 @@ def test_lightning_example_runs(tmp_path: Path) -> None:
 
     run = main(tmp_path / "ex.db", epochs=1)
     assert run.metric("grad_norm")[1].shape[1] == 3
+
+
+class Clipped(Auto):
+    """Records each layer's gradient norm right before Lightning clips (its own hook, not gradguard's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre_clip: list[dict[str, float]] = []
+        self.post_clip_total: list[float] = []
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):  # type: ignore[no-untyped-def]
+        row = {}
+        for name, module in self.named_modules():
+            grads = [
+                p.grad.flatten() for p in module.parameters(recurse=False) if p.grad is not None
+            ]
+            if grads:
+                row[name] = torch.linalg.vector_norm(torch.cat(grads).double()).item()
+        self.pre_clip.append(row)
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        grads = [p.grad.flatten() for p in self.parameters() if p.grad is not None]
+        self.post_clip_total.append(torch.linalg.vector_norm(torch.cat(grads)).item())
+
+
+def test_gradient_clipping_records_pre_clip_norms() -> None:
+    module = Clipped()
+    cb = GradguardCallback(config="light", diagnose_online=False, show_findings=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        gradient_clip_val=1e-3,  # far below the gradients: every step is clipped
+        callbacks=[cb],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, DataLoader(data(), batch_size=4))
+    assert cb.monitor is not None
+    run = cb.monitor.run
+    steps, values = run.metric("grad_norm")
+    assert steps.tolist() == list(range(N_BATCHES)) and len(module.pre_clip) == N_BATCHES
+    np.testing.assert_allclose(module.post_clip_total, 1e-3, rtol=1e-3)  # clipping did happen
+    names = [lay.name for lay in run.layers]
+    for s, row in enumerate(module.pre_clip):
+        np.testing.assert_allclose(values[s], [row[n] for n in names], rtol=1e-6)
+    total = run.scalar("grad_norm_total")[1]
+    assert np.all(total > 10 * 1e-3)  # the pre-clip norm, not the clipped 1e-3
+
+
+class GAN(L.LightningModule):
+    """Two optimizers, manual optimization: the generator's step, then the discriminator's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.generator = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 6))
+        self.discriminator = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
+        self.automatic_optimization = False
+        self.reference: dict[str, list[float]] = {"generator": [], "discriminator": []}
+
+    def _norms(self, part: str) -> None:
+        grads = [p.grad.flatten() for p in getattr(self, part).parameters()]
+        self.reference[part].append(torch.linalg.vector_norm(torch.cat(grads)).item())
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], i: int) -> torch.Tensor:
+        opt_g, opt_d = self.optimizers()
+        real, _ = batch
+        z = torch.randn(real.shape[0], 3)
+        g_loss = -self.discriminator(self.generator(z)).mean()
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        self._norms("generator")
+        opt_g.step()
+        d_loss = (
+            self.discriminator(self.generator(z).detach()).mean() - self.discriminator(real).mean()
+        )
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        self._norms("discriminator")
+        opt_d.step()
+        if i % 2:  # the critic steps twice every other batch
+            opt_d.step()
+        return d_loss
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        return (
+            torch.optim.SGD(self.generator.parameters(), lr=0.01),
+            torch.optim.SGD(self.discriminator.parameters(), lr=0.01),
+        )
+
+
+def test_two_optimizers_get_a_monitor_each(tmp_path: Path) -> None:
+    module = GAN()
+    cb = GradguardCallback(
+        store=tmp_path / "gan.db", name="gan", config="light", show_findings=False
+    )
+    fit(module, cb, epochs=1)
+    assert len(cb.monitors) == 2
+    g = gg.load(tmp_path / "gan.db", name="gan.generator")
+    d = gg.load(tmp_path / "gan.db", name="gan.discriminator")
+    assert [lay.name for lay in g.layers] == ["0", "2"] and [lay.name for lay in d.layers] == [
+        "0",
+        "2",
+    ]
+    # each Monitor counts its own optimizer's steps: 4 generator steps, 4 + 2 critic steps
+    assert g.metric("grad_norm")[0].tolist() == [0, 1, 2, 3]
+    assert d.metric("grad_norm")[0].tolist() == list(range(6))
+    np.testing.assert_allclose(
+        g.scalar("grad_norm_total")[1], module.reference["generator"], rtol=1e-6
+    )
+    ref_d = module.reference["discriminator"]
+    d_total = d.scalar("grad_norm_total")[1]
+    # the second critic step of a batch sees the same gradients as the first
+    expected = [ref_d[0], ref_d[1], ref_d[1], ref_d[2], ref_d[3], ref_d[3]]
+    np.testing.assert_allclose(d_total, expected, rtol=1e-6)
+
+
+def test_two_optimizers_on_mixed_parameters_is_a_clear_error() -> None:
+    class Mixed(GAN):
+        def configure_optimizers(self):  # type: ignore[no-untyped-def]
+            params = list(self.parameters())
+            return torch.optim.SGD(params[:3], lr=0.01), torch.optim.SGD(params[3:], lr=0.01)
+
+    cb = GradguardCallback(config="light", show_findings=False)
+    with pytest.raises(gg.GradguardError, match="optimizer_index=k"):
+        fit(Mixed(), cb, epochs=1)
+    # optimizer_index picks one: the whole module, steps of that optimizer
+    cb = GradguardCallback(config="light", show_findings=False, optimizer_index=1)
+    fit(Mixed(), cb, epochs=1)
+    assert cb.monitor is not None and len(cb.monitors) == 1
+    assert len(cb.monitor.run.layers) == 4

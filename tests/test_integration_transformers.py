@@ -1,7 +1,8 @@
 """Hugging Face Trainer callback: a real Trainer on a tiny randomly initialised BERT, no downloads.
 
 Reference: a second callback in the same Trainer takes torch.linalg.vector_norm of every layer's
-gradients in on_pre_optimizer_step, right before the optimizer step the Monitor watches.
+gradients in on_pre_optimizer_step (after the Trainer's clip) and keeps the pre-clip total norm the
+Trainer logs; the pre-clip per-layer norms follow from torch's clip factor max_norm / (total + 1e-6).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import gradguard as gg
 from gradguard.integrations.transformers import GradguardCallback
 
 MAX_STEPS = 3
+MAX_GRAD_NORM = 1e-3  # far below the gradients: the Trainer clips every step
 
 
 def tiny_bert() -> BertForSequenceClassification:
@@ -62,6 +64,7 @@ class Reference(TrainerCallback):
     def __init__(self) -> None:
         self.norms: list[dict[str, float]] = []
         self.losses: dict[int, float] = {}
+        self.grad_norms: dict[int, float] = {}  # the Trainer's pre-clip total norm, by global step
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
         row = {}
@@ -76,11 +79,16 @@ class Reference(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
         if logs and "loss" in logs:
             self.losses[state.global_step] = logs["loss"]
+        if logs and "grad_norm" in logs:
+            self.grad_norms[state.global_step] = float(logs["grad_norm"])
 
 
-def train(tmp_path: Path, cb: GradguardCallback, accumulate: int = 2) -> tuple[Trainer, Reference]:
+def train(
+    tmp_path: Path, cb: GradguardCallback, accumulate: int = 2, max_grad_norm: float = MAX_GRAD_NORM
+) -> tuple[Trainer, Reference]:
     ref = Reference()
     args = TrainingArguments(
+        max_grad_norm=max_grad_norm,
         output_dir=str(tmp_path / "out"),
         max_steps=MAX_STEPS,
         per_device_train_batch_size=4,
@@ -116,16 +124,38 @@ def test_one_record_per_optimizer_step(trained) -> None:  # type: ignore[no-unty
     assert run.config["gradient_accumulation_steps"] == 2
 
 
-def test_per_layer_grad_norms_equal_vector_norm_before_the_step(trained) -> None:  # type: ignore[no-untyped-def]
+def test_per_layer_grad_norms_are_the_pre_clip_ones(trained) -> None:  # type: ignore[no-untyped-def]
     run, ref, _, _ = trained
     _, values = run.metric("grad_norm")  # (steps, layers)
     names = [lay.name for lay in run.layers]
     assert "bert.encoder.layer.1.output.dense" in names and "classifier" in names
+    totals = [ref.grad_norms[s + 1] for s in range(MAX_STEPS)]  # logged after global_step += 1
+    assert min(totals) > 100 * MAX_GRAD_NORM  # every step was clipped hard
     for s, row in enumerate(ref.norms):
-        expected = np.array([row.get(n, math.nan) for n in names])
-        np.testing.assert_allclose(values[s], expected, rtol=1e-6)
-    # clipped to max_grad_norm=1.0 by the Trainer before the Monitor reads them
-    assert np.all(run.scalar("grad_norm_total")[1] <= 1.0 + 1e-6)
+        post_clip = np.array([row.get(n, math.nan) for n in names])
+        # clip_grads_with_norm_ multiplies every gradient by max_norm / (total + 1e-6)
+        expected = post_clip * (totals[s] + 1e-6) / MAX_GRAD_NORM
+        np.testing.assert_allclose(values[s], expected, rtol=1e-4)
+    # the recorded total is the Trainer's pre-clip norm, not the clipped max_grad_norm
+    np.testing.assert_allclose(run.scalar("grad_norm_total")[1], totals, rtol=1e-5)
+
+
+def test_without_clipping_the_pre_hook_reads_raw_gradients(tmp_path: Path) -> None:
+    cb = GradguardCallback(config="light", diagnose_online=False, show_findings=False)
+    trainer, ref = train(tmp_path, cb, accumulate=1, max_grad_norm=0.0)
+    assert cb.monitor is not None
+    _, values = cb.monitor.run.metric("grad_norm")
+    names = [lay.name for lay in cb.monitor.run.layers]
+    for s, row in enumerate(ref.norms):
+        np.testing.assert_allclose(values[s], [row.get(n, math.nan) for n in names], rtol=1e-6)
+    assert "clip_grad_norm_" not in vars(trainer.accelerator)
+
+
+def test_clip_wrapper_removed_after_training(trained) -> None:  # type: ignore[no-untyped-def]
+    _, _, trainer, cb = trained
+    assert "clip_grad_norm_" not in vars(trainer.accelerator)
+    assert "unscale_gradients" not in vars(trainer.accelerator)
+    assert "_pre_step" not in vars(cb.monitor)
 
 
 def test_logged_loss_and_pre_clip_norm_are_recorded(trained) -> None:  # type: ignore[no-untyped-def]

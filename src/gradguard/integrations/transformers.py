@@ -7,10 +7,14 @@ How it fits the Trainer (transformers 4.40+ / 5.x):
 - ``on_train_begin`` gets ``model`` and ``optimizer`` (accelerate's ``AcceleratedOptimizer``); the
   Monitor watches the model and counts steps through the torch optimizer inside the wrapper, so
   ``gradient_accumulation_steps`` gives one record per optimizer step (= ``state.global_step``).
-- Gradients are read in the optimizer's step pre-hook, i.e. **after** the Trainer has clipped them
-  to ``max_grad_norm`` (default 1.0): per-layer norms are post-clip. Clipping scales every layer by
-  the same factor, so the profile across depth is unchanged; the pre-clip total norm the Trainer
-  logs is recorded as the scalar ``hf_grad_norm``. Set ``max_grad_norm=0`` to see raw gradients.
+- Gradients are read **before** the Trainer clips them to ``max_grad_norm`` (default 1.0): the
+  Trainer clips with ``self.accelerator.clip_grad_norm_`` between backward and
+  ``on_pre_optimizer_step`` and offers no callback in between, so ``on_train_begin`` finds the
+  Trainer (the caller of the callback, up the stack) and wraps its accelerator's ``clip_grad_norm_``
+  for the run: the Monitor's statistics of the step are taken right after accelerate unscales the
+  gradients (AMP) and before it clips; the original is put back at ``on_train_end``. Where the
+  Trainer clips some other way (DeepSpeed, SageMaker MP, gradients on several device meshes) or no
+  Trainer is found, the numbers are the post-clip ones of the optimizer pre-hook (a warning says so).
 - ``on_log``: the Trainer's ``loss`` (mean over the logging interval, already a host number) is
   recorded as ``loss`` at the step just taken, its ``grad_norm`` as ``hf_grad_norm``.
 - ``on_train_end``: findings printed (main process) and stored as events; the Monitor closed.
@@ -20,10 +24,12 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import warnings
 from typing import Any
 
 from gradguard.errors import GradguardError
-from gradguard.integrations._common import final_findings, unwrap_optimizer
+from gradguard.integrations._common import EarlyStats, final_findings, unwrap_optimizer
 from gradguard.monitor import Monitor
 
 try:
@@ -71,6 +77,8 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
         self.watch_options = watch_options
         self.monitor: Monitor | None = None
         self.findings: list[Any] = []
+        self._early: EarlyStats | None = None
+        self._patched: Any = None  # the accelerator whose clip_grad_norm_ is wrapped
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._close()
@@ -96,6 +104,58 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
             **self.watch_options,
         )
         self.findings = []
+        if float(args.max_grad_norm) > 0:  # the Trainer clips: take the statistics before it
+            trainer = self._find_trainer()
+            accelerator = getattr(trainer, "accelerator", None)
+            if accelerator is None or not self._wrap_clip(accelerator):
+                warnings.warn(
+                    "gradguard: could not reach the Trainer's accelerator.clip_grad_norm_; gradient "
+                    "statistics are read after the Trainer's clipping (max_grad_norm="
+                    f"{args.max_grad_norm}); pass max_grad_norm=0 to record raw gradients",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+    def _find_trainer(self) -> Any:
+        # The Trainer calls callback_handler.on_train_begin from one of its methods: find that frame.
+        frame: Any = sys._getframe(1)
+        for _ in range(16):
+            if frame is None:
+                break
+            obj = frame.f_locals.get("self")
+            handler = getattr(obj, "callback_handler", None)
+            if handler is not None and any(cb is self for cb in getattr(handler, "callbacks", ())):
+                return obj
+            frame = frame.f_back
+        return None
+
+    def _wrap_clip(self, accelerator: Any) -> bool:
+        clip = getattr(accelerator, "clip_grad_norm_", None)
+        unscale = getattr(accelerator, "unscale_gradients", None)
+        if not (callable(clip) and callable(unscale)) or self.monitor is None:
+            return False
+        if "unscale_gradients" in vars(accelerator):
+            return False  # someone else patched it: leave it alone
+        early = self._early = EarlyStats(self.monitor)
+
+        def unscale_then_take(*a: Any, **kw: Any) -> Any:
+            out = unscale(*a, **kw)
+            early.take()  # unscaled (AMP), all-reduced, not clipped yet
+            return out
+
+        def clip_grad_norm_(parameters: Any, max_norm: float, *a: Any, **kw: Any) -> Any:
+            if self._early is not early or not math.isfinite(float(max_norm)):
+                return clip(parameters, max_norm, *a, **kw)  # inf: a norm only, nothing clipped
+            # accelerate unscales right before it clips (every path but DeepSpeed's)
+            accelerator.unscale_gradients = unscale_then_take
+            try:
+                return clip(parameters, max_norm, *a, **kw)
+            finally:
+                del accelerator.unscale_gradients
+
+        self._patched = (accelerator, clip_grad_norm_, vars(accelerator).get("clip_grad_norm_"))
+        accelerator.clip_grad_norm_ = clip_grad_norm_
+        return True
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
@@ -116,5 +176,16 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
         self._close()
 
     def _close(self) -> None:
+        if self._patched is not None:
+            accelerator, wrapper, before = self._patched
+            if vars(accelerator).get("clip_grad_norm_") is wrapper:
+                if before is None:
+                    del accelerator.clip_grad_norm_  # the class's method again
+                else:
+                    accelerator.clip_grad_norm_ = before
+            self._patched = None
+        if self._early is not None:
+            self._early.remove()
+            self._early = None
         if self.monitor is not None:
             self.monitor.close()
