@@ -167,7 +167,8 @@ class DistributedReducer(Reducer):
             # so the squared norm over the global batch is sum_r |a_r|^2 / W^2.
             out_sums = out_sums.clone()
             out_sums[_A_GRADSQ] /= float(world * world)
-        if maxes.shape[0] == 0 and counts is None:  # shapes, the same on every rank: no value branch
+        # shapes, the same on every rank: not a branch on values
+        if maxes.shape[0] == 0 and counts is None:
             return out_sums, maxes
         m = torch.where(isnan, -math.inf, maxes)
         if counts is not None:  # stacked into the MAX that runs anyway: no extra collective
