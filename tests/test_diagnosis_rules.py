@@ -405,3 +405,91 @@ def test_sometimes_unused_layer_is_not_nonfinite() -> None:
     assert not by_kind(diagnose(run), "nonfinite")
     run = make_run(metrics={"update_ratio": g})
     assert not by_kind(diagnose(run), "nonfinite")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"spike_ratio": 1.0}, "spike_ratio"),
+        ({"loss_spike_ratio": 0.5}, "loss_spike_ratio"),
+        ({"saturation_warning": 0.9}, "saturation_warning must be <= saturation_critical"),
+        ({"dead_critical": 0.5}, "dead_warning must be <= dead_critical"),
+        ({"time_growth_critical": 10.0}, "time_growth_warning must be <= time_growth_critical"),
+        ({"loss_start_note": 20.0}, "loss_start_note must be <= loss_start_warning"),
+        ({"divergence_critical": 1.2}, "rise_ratio must be <= divergence_critical"),
+        ({"loss_window_max": 2}, "loss_window_max"),
+        ({"spike_min_points": 0}, "spike_min_points"),
+        ({"start_steps": 2.5}, "start_steps"),
+        ({"nonfinite_spike_points": 1}, "nonfinite_spike_points"),
+        ({"underflow_early_fraction": 0.0}, "underflow_early_fraction"),
+        ({"spike_z": float("nan")}, "spike_z"),
+        ({"converged_loss": -1.0}, "converged_loss"),
+    ],
+)
+def test_config_validation_names_the_field_and_the_fix(kwargs: dict, field: str) -> None:
+    from gradguard.errors import GradguardError
+
+    with pytest.raises(GradguardError, match=re.escape(field)) as e:
+        DiagnosisConfig(**kwargs)
+    assert re.search(r"pass e\.g\.|lower |raise ", str(e.value)), str(e.value)
+
+
+def test_docs_list_every_config_field_with_its_default() -> None:
+    from dataclasses import fields
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "diagnosis.md").read_text()
+    table = doc[doc.index("| field | default | meaning |") :]
+    table = table[: table.index("\n\n")]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        names, defaults = line.split("|")[1:3]
+        for n, d in zip(names.split("/"), defaults.split("/"), strict=True):
+            rows[n.strip().strip("`")] = float(d)
+    assert {f.name: float(f.default) for f in fields(DiagnosisConfig)} == rows
+
+
+def _loss_run(loss: np.ndarray, **scalars: np.ndarray) -> Run:
+    s = np.arange(len(loss))
+    return Run.from_arrays(
+        layers=["a", "b"],
+        scalars={"loss": (s, loss), **{k: (s, v) for k, v in scalars.items()}},
+    )
+
+
+def test_loss_thresholds_come_from_the_config() -> None:
+    rng = np.random.default_rng(0)
+    # a loss that falls 100x, then climbs back 4x from its best: the rise is 3% of the initial
+    # loss, below rise_min_fraction (10%) by default
+    loss = np.r_[np.geomspace(1.0, 0.01, 60), np.full(20, 0.04)] * np.exp(
+        0.01 * rng.standard_normal(80)
+    )
+    assert not by_kind(diagnose(_loss_run(loss)), "divergence")
+    (f,) = by_kind(
+        diagnose(_loss_run(loss), config=DiagnosisConfig(rise_min_fraction=0.01)), "divergence"
+    )
+    assert f.severity is Severity.WARNING and "rose from its best" in f.evidence
+    crit = DiagnosisConfig(rise_min_fraction=0.01, divergence_critical=3.0)
+    assert one(diagnose(_loss_run(loss), config=crit), "divergence").severity is Severity.CRITICAL
+    # a 2.5x loss jump: below loss_spike_ratio (3) by default
+    jump = np.exp(0.01 * rng.standard_normal(60))
+    jump[40] *= 2.5
+    assert not by_kind(diagnose(_loss_run(jump)), "divergence")
+    (f,) = by_kind(
+        diagnose(_loss_run(jump), config=DiagnosisConfig(loss_spike_ratio=2.0)), "divergence"
+    )
+    assert f.data["spike_steps"] == [40]
+    # a flat loss of 1e-7: stalled by default, "converged" with converged_loss=1e-6
+    flat = np.full(30, 1e-7)
+    assert by_kind(diagnose(_loss_run(flat)), "stalled_learning")
+    assert not by_kind(
+        diagnose(_loss_run(flat), config=DiagnosisConfig(converged_loss=1e-6)), "stalled_learning"
+    )
+
+
+def test_time_thresholds_come_from_the_config() -> None:
+    g = np.geomspace(1.0, 1e3, 8)  # 8 steps of growth: fewer than min_time_points (10)
+    run = _loss_run(np.ones(8), grad_norm_total=g)
+    assert not by_kind(diagnose(run), "exploding_gradients")
+    (f,) = by_kind(diagnose(run, config=DiagnosisConfig(min_time_points=8)), "exploding_gradients")
+    assert f.data["growth"] >= 100
