@@ -43,6 +43,39 @@ def test_he_fan_out_uniform_and_conv() -> None:
     assert weight_var(conv[0]) == pytest.approx(2 / (16 * 9), rel=0.05)
 
 
+@pytest.mark.parametrize("distribution", ["normal", "uniform"])
+def test_he_before_selu_is_lecun_var_1_over_fan_in(distribution: str) -> None:
+    """SELU self-normalises only with Var(W) = 1/fan_in, not calculate_gain('selu')**2 / fan_in."""
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(400, 300), nn.SELU(), nn.Linear(300, 10))
+    summary = gg.init_(net, "he", distribution=distribution)
+    assert weight_var(net[0]) == pytest.approx(1 / 400, rel=0.03)  # 0.5625/400 before the fix
+    assert summary[0].activation == "SELU" and summary[0].gain == 1.0
+    torch.manual_seed(5)
+    gg.init_(net, "he", nonlinearity="selu", distribution=distribution)  # the name: the same
+    assert weight_var(net[0]) == pytest.approx(1 / 400, rel=0.03)
+
+
+def test_selu_gain_is_1_for_xavier_and_orthogonal_and_keeps_a_deep_net_normalised() -> None:
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(300, 200), nn.SELU(), nn.Linear(200, 5))
+    gg.init_(net, "xavier")
+    assert weight_var(net[0]) == pytest.approx(2 / (300 + 200), rel=0.03)
+    gg.init_(net, "orthogonal")
+    w = net[0].weight.detach().double()
+    torch.testing.assert_close(w @ w.T, torch.eye(200, dtype=torch.float64), atol=1e-5, rtol=0)
+    layers: list[nn.Module] = []
+    for _ in range(30):
+        layers += [nn.Linear(256, 256), nn.SELU()]
+    deep = nn.Sequential(*layers)
+    gg.init_(deep, "he")
+    with torch.no_grad():
+        out = deep(torch.randn(2048, 256))
+    # the self-normalising fixed point: mean 0, variance 1 after 30 layers
+    assert float(out.var()) == pytest.approx(1.0, abs=0.2)
+    assert abs(float(out.mean())) < 0.2
+
+
 def test_xavier_uses_the_following_activation_gain() -> None:
     torch.manual_seed(2)
     net = nn.Sequential(nn.Linear(300, 200), nn.Dropout(0.1), nn.Tanh(), nn.Linear(200, 5))

@@ -44,7 +44,7 @@ _NAMES: dict[type[nn.Module], str] = {
     nn.LeakyReLU: "leaky_relu",
     nn.Tanh: "tanh",
     nn.Sigmoid: "sigmoid",
-    nn.SELU: "selu",
+    nn.SELU: "selu",  # gain 1 (LeCun init), not calculate_gain("selu"): see Activation.init_name
     nn.GELU: "relu",
     nn.SiLU: "relu",
     nn.ELU: "relu",
@@ -66,7 +66,15 @@ class Activation:
 
     @property
     def gain(self) -> float:
-        return float(nn.init.calculate_gain(self.name, self.param))  # type: ignore[arg-type]
+        """The init gain; 1 for SELU (see :attr:`init_name`), else ``calculate_gain``'s."""
+        return float(nn.init.calculate_gain(self.init_name, self.param))  # type: ignore[arg-type]
+
+    @property
+    def init_name(self) -> str:
+        """The nonlinearity to hand to ``torch.nn.init``: SELU's self-normalisation (Klambauer
+        et al. 2017) needs Var(W) = 1/fan_in (LeCun), i.e. gain 1 -- torch's docs say to pass
+        'linear' for it; ``calculate_gain('selu')`` = 3/4 trades that fixed point away."""
+        return "linear" if self.name == "selu" else self.name
 
 
 def is_weight_layer(m: nn.Module) -> bool:

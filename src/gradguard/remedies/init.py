@@ -101,7 +101,8 @@ def _draw(
     if scheme is Scheme.HE:
         kfn = nn.init.kaiming_uniform_ if dist is Distribution.UNIFORM else nn.init.kaiming_normal_
         a = act.param or 0.0
-        return lambda w: kfn(w, a=a, mode=mode.value, nonlinearity=act.name)  # type: ignore[arg-type]
+        nl = act.init_name  # SELU: "linear", so Var(W) = 1/fan (LeCun), as SELU needs
+        return lambda w: kfn(w, a=a, mode=mode.value, nonlinearity=nl)  # type: ignore[arg-type]
     # orthogonal, and lsuv's orthonormal start (gain 1: the data sets the scale)
     g = 1.0 if scheme is Scheme.LSUV else gain
     return lambda w: nn.init.orthogonal_(w, gain=g)
