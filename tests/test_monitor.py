@@ -502,3 +502,27 @@ def test_max_abs_kernels_agree_on_nan_inf_empty_and_half(fused: bool) -> None:
     assert got.dtype == torch.float64
     np.testing.assert_array_equal(got.numpy(), [3.0, math.inf, 0.0, 5.0, 0.5])
     assert torch.isnan(_max_abs([torch.tensor([1.0, math.nan])], fused=False)).all()
+
+
+def test_take_gradients_now_records_pre_clip_norms_once_per_step() -> None:
+    torch.manual_seed(6)
+    model = mlp(depth=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pre, post = [], []
+    with gg.watch(model, opt, detail_every=1) as mon:
+        for step in range(3):
+            x, y = _batch("mlp", step)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            pre.append(reference_grad_stats(model, ["0", "2", "4"])["grad_norm"])
+            if step != 1:  # step 1: the optimizer's pre-hook takes the (clipped) gradients
+                mon.take_gradients_now()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+            post.append(reference_grad_stats(model, ["0", "2", "4"])["grad_norm"])
+            opt.step()
+    steps, gn = mon.run.metric("grad_norm")
+    assert steps.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(gn[[0, 2]], np.stack([pre[0], pre[2]]), rtol=1e-6)
+    np.testing.assert_allclose(gn[1], post[1], rtol=1e-6)
+    assert not np.allclose(pre[0], post[0])
+    assert np.isfinite(mon.run.metric("update_ratio")[1]).all()

@@ -314,6 +314,7 @@ class Monitor:
         self._before_step: int | None = None
         self._act_step: int | None = None
         self._just_stepped = False
+        self._taken_early: int | None = None  # step whose statistics take_gradients_now() took
         self._scalars: dict[str, list[tuple[int, Any]]] = {}
         self._events: list[Event] = []
         self._findings_seen: dict[tuple[str, str], Any] = {}  # online key -> severity reported
@@ -425,7 +426,25 @@ class Monitor:
         self._outputs.clear()
 
     def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._taken_early == self.step_count:  # taken before the trainer's clip already
+            self._taken_early = None
+            return
         self._guarded("gradient statistics", self._pre_step)
+
+    def take_gradients_now(self) -> None:
+        """Take the current step's gradient (and detail) statistics now, before ``optimizer.step()``.
+
+        For trainers that clip between backward and the step (Lightning's ``gradient_clip_val``,
+        the Hugging Face Trainer's ``max_grad_norm``): called right before the clip (after the
+        all-reduce and AMP's unscale), the recorded norms are the pre-clip gradients', and the
+        optimizer's pre-step hook leaves this step alone. Nothing else changes: the weights are
+        not touched until the step. If the step is then skipped (AMP's scaler found NaN/Inf), the
+        next call takes the same step again.
+        """
+        if self._closed:
+            return
+        self._guarded("gradient statistics", self._pre_step)
+        self._taken_early = self.step_count
 
     def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._guarded("update ratio", self._post_step)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["unwrap_optimizer", "run_closure_first", "final_findings", "EarlyStats"]
+__all__ = ["unwrap_optimizer", "run_closure_first", "final_findings"]
 
 log = logging.getLogger("gradguard")
 
@@ -63,42 +63,6 @@ def run_closure_first(optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, A
     if in_args:
         return (done, *args[1:]), kwargs
     return args, {**kwargs, "closure": done}
-
-
-class EarlyStats:
-    """Take a Monitor's per-step statistics earlier than its optimizer step pre-hook: before clipping.
-
-    Trainers clip gradients between backward and ``optimizer.step()``; the Monitor's step pre-hook
-    then sees clipped gradients. A callback calls :meth:`take` at a point right before the clip (after
-    backward, the all-reduce and AMP's unscale); the Monitor's own pre-hook skips the step taken
-    early, and takes it as usual where :meth:`take` was not called (the fallback: post-clip). Taking
-    the step's statistics early changes nothing else: the weights are not touched until the step.
-    A step taken early and then skipped (AMP's scaler found NaN/Inf) is taken again at the next call.
-    """
-
-    def __init__(self, monitor: Any) -> None:
-        self.monitor = monitor
-        self._step: int | None = None  # the step whose statistics were taken early
-        self._own = monitor._pre_step  # the Monitor's bound method
-        # An instance attribute shadows the method: the Monitor's pre-hook looks it up at each call.
-        monitor._pre_step = self._from_pre_hook
-
-    def take(self) -> None:
-        """Take the current step's gradient (and detail) statistics now."""
-        mon = self.monitor
-        mon._guarded("gradient statistics", self._own)
-        self._step = mon.step_count
-
-    def _from_pre_hook(self) -> None:
-        if self._step is not None and self._step == self.monitor.step_count:
-            self._step = None  # taken before the clip already
-            return
-        self._own()
-
-    def remove(self) -> None:
-        """Give the Monitor its own pre-step back."""
-        if self.monitor.__dict__.get("_pre_step") == self._from_pre_hook:
-            del self.monitor._pre_step
 
 
 def final_findings(monitor: Any, *, show: bool) -> list[Any]:

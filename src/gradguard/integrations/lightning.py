@@ -42,7 +42,6 @@ import torch
 
 from gradguard.errors import GradguardError
 from gradguard.integrations._common import (
-    EarlyStats,
     final_findings,
     run_closure_first,
     unwrap_optimizer,
@@ -165,7 +164,7 @@ class GradguardCallback(Callback):
         self.monitors: list[Monitor] = []
         self.findings: list[Any] = []
         self._closure_handles: list[Any] = []
-        self._early: dict[int, EarlyStats] = {}  # id(torch optimizer) -> its Monitor's early taker
+        self._early: dict[int, Monitor] = {}  # id(torch optimizer) -> Monitor taking pre-clip stats
         self._loss: torch.Tensor | None = None
         self._seen_steps: list[int] = []
 
@@ -228,7 +227,7 @@ class GradguardCallback(Callback):
             )
             self.monitors.append(mon)
             if type(opt).__name__ != "LBFGS":  # LBFGS evaluates the closure several times per step
-                self._early[id(opt)] = EarlyStats(mon)
+                self._early[id(opt)] = mon
         self.monitor = self.monitors[0]
         self._loss, self._seen_steps = None, [0] * len(self.monitors)
         self.findings = []
@@ -240,7 +239,7 @@ class GradguardCallback(Callback):
         except GradguardError:
             return
         if early is not None:
-            early.take()
+            early.take_gradients_now()
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -284,8 +283,6 @@ class GradguardCallback(Callback):
         for h in self._closure_handles:
             h.remove()
         self._closure_handles.clear()
-        for early in self._early.values():
-            early.remove()
         self._early.clear()
         for mon in self.monitors:
             mon.close()

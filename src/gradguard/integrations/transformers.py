@@ -29,7 +29,7 @@ import warnings
 from typing import Any
 
 from gradguard.errors import GradguardError
-from gradguard.integrations._common import EarlyStats, final_findings, unwrap_optimizer
+from gradguard.integrations._common import final_findings, unwrap_optimizer
 from gradguard.monitor import Monitor
 
 try:
@@ -77,7 +77,7 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
         self.watch_options = watch_options
         self.monitor: Monitor | None = None
         self.findings: list[Any] = []
-        self._early: EarlyStats | None = None
+        self._early: Monitor | None = None  # the Monitor taking pre-clip statistics
         self._patched: Any = None  # the accelerator whose clip_grad_norm_ is wrapped
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -136,11 +136,11 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
             return False
         if "unscale_gradients" in vars(accelerator):
             return False  # someone else patched it: leave it alone
-        early = self._early = EarlyStats(self.monitor)
+        early = self._early = self.monitor
 
         def unscale_then_take(*a: Any, **kw: Any) -> Any:
             out = unscale(*a, **kw)
-            early.take()  # unscaled (AMP), all-reduced, not clipped yet
+            early.take_gradients_now()  # unscaled (AMP), all-reduced, not clipped yet
             return out
 
         def clip_grad_norm_(parameters: Any, max_norm: float, *a: Any, **kw: Any) -> Any:
@@ -184,8 +184,6 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
                 else:
                     accelerator.clip_grad_norm_ = before
             self._patched = None
-        if self._early is not None:
-            self._early.remove()
-            self._early = None
+        self._early = None
         if self.monitor is not None:
             self.monitor.close()
