@@ -130,6 +130,27 @@ def test_state_is_restored() -> None:
     assert hooks_left(net) == 0
 
 
+def test_cuda_rng_is_saved_only_if_cuda_is_already_initialised(monkeypatch) -> None:
+    """Reading the CUDA RNG state would create a CUDA context on a CPU-only run: don't."""
+    net = net_with(InfGrad())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+
+    def no_cuda(*a, **k):
+        raise AssertionError("locate_nonfinite initialised CUDA")
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", no_cuda)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", no_cuda)
+    assert gg.locate_nonfinite(net, X, F.mse_loss, Y) is not None
+    # already initialised (a CUDA run): its RNG state is saved and put back
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: calls.append("get") or ["s"])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: calls.append(f"set {s[0]}"))
+    assert gg.locate_nonfinite(net, X, F.mse_loss, Y) is not None
+    assert calls == ["get", "set s"]
+
+
 def test_exception_in_model_is_wrapped_and_hooks_removed() -> None:
     net = net_with(nn.Identity())
     with pytest.raises(GradguardError, match="replaying"):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradguard._preflight_state import PreservedState
 from gradguard.errors import GradguardError
 from gradguard.remedies._activations import run_model
 from gradguard.remedies._checks import check_module
@@ -181,10 +182,9 @@ def locate_nonfinite(
         )
     replay = _Replay(model)
     params = [(m, n, p) for m in model.modules() for n, p in m.named_parameters(recurse=False)]
-    saved_grads = [p.grad for _, _, p in params]
-    saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    # .grad, buffers, modes and RNG states (CUDA's only if CUDA is already initialised: asking
+    # for it would create a CUDA context on a CPU-only run); shared with gg.check's preflight
+    saved = PreservedState(model)
     inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
     try:
         for m in inplace:  # in-place ops on hooked outputs break full backward hooks
@@ -223,14 +223,7 @@ def locate_nonfinite(
             h.remove()
         for m in inplace:
             m.inplace = True  # type: ignore[assignment]
-        for (_, _, p), g in zip(params, saved_grads):
-            p.grad = g
-        with torch.no_grad():
-            for b, copy in saved_buffers:
-                b.copy_(copy)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+        saved.restore()
 
 
 def _loss(out: Any, loss_fn: Callable[..., torch.Tensor] | None, target: Any) -> torch.Tensor:
