@@ -57,6 +57,49 @@ def test_norm_matches_reference_and_torch(dtype: torch.dtype) -> None:
             torch.testing.assert_close(p.grad, q.grad)
 
 
+def _model_grads(seed: int, scale: float) -> list[nn.Parameter]:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 32), nn.LayerNorm(32),
+        nn.Tanh(), nn.Linear(32, 4),
+    )  # fmt: skip
+    (net(torch.randn(16, 3, 8, 8)).pow(2).sum() * scale).backward()
+    return list(net.parameters())
+
+
+@pytest.mark.parametrize("foreach", [None, True, False])
+@pytest.mark.parametrize("max_norm", [0.05, 1e9])  # clipping, and not clipping
+def test_norm_equals_torch_clip_grad_norm_on_model_grads(foreach, max_norm: float) -> None:
+    """fp32 finite gradients: the same norm and the same gradients as torch's own function."""
+    ours, theirs = _model_grads(0, 1.0), _model_grads(0, 1.0)
+    n_ours = Norm(max_norm)(ours)
+    n_theirs = torch.nn.utils.clip_grad_norm_(theirs, max_norm, foreach=foreach)
+    torch.testing.assert_close(n_ours, n_theirs)
+    assert (float(n_ours) > max_norm) == (max_norm == 0.05)
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_norm_differs_from_torch_on_purpose_for_fp16_overflow_and_nonfinite() -> None:
+    # fp16: torch's per-tensor norms are fp16, overflow at 65504, and zero every gradient
+    p, q = (nn.Parameter(torch.zeros(100, dtype=torch.float16)) for _ in range(2))
+    p.grad = torch.full((100,), 1e4, dtype=torch.float16)  # global norm 1e5
+    q.grad = p.grad.clone()
+    assert torch.isinf(torch.nn.utils.clip_grad_norm_([q], 1.0))
+    assert float(q.grad.abs().max()) == 0.0
+    assert float(Norm(1.0)([p])) == pytest.approx(1e5, rel=1e-3)  # accumulated in fp32
+    assert float(p.grad.float().norm()) == pytest.approx(1.0, rel=1e-3)
+    # a non-finite norm: torch multiplies by 0 (inf) or NaN; Norm leaves the grads for a Guard
+    ps, qs = make_params(torch.float32, seed=8), make_params(torch.float32, seed=8)
+    ps[0].grad[0, 0] = qs[0].grad[0, 0] = float("inf")
+    g0 = [p.grad.clone() for p in ps]
+    torch.nn.utils.clip_grad_norm_(qs, 1.0)
+    assert all(float(q.grad.abs().max()) == 0.0 for q in qs[1:])  # finite grads wiped out
+    Norm(1.0)(ps)
+    for p, g in zip(ps, g0):
+        torch.testing.assert_close(p.grad, g)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_norm_below_threshold_is_identity(dtype: torch.dtype) -> None:
     ps = make_params(dtype)
@@ -123,6 +166,48 @@ def test_agc_unitwise_matches_reference(dtype: torch.dtype) -> None:
     ratio = ps[0].grad.float().norm(dim=1) / ps[0].detach().float().norm(dim=1).clamp(min=1e-3)
     assert float(ratio.max()) <= 0.3 * (1 + RTOL[dtype])
     assert float(ratio[5]) < 0.3 * 0.5  # the big unit kept its gradient: not clipped globally
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_agc_reused_across_steps_and_shape_changes(dtype: torch.dtype) -> None:
+    """AGC keeps buffers between calls: results must still match, and returned norms not alias."""
+    clipper = AGC(clipping=0.05, eps=1e-3)
+    outs = []
+    for seed in range(3):  # same shapes: buffers reused
+        ps = make_params(dtype, seed=seed, scale=1.0 + seed)
+        ref = agc_reference(ps, clipping=0.05, eps=1e-3)
+        n = global_norm(grads64(ps))
+        outs.append((clipper(ps), n))
+        assert_grads(ps, ref, dtype)
+    for out, n in outs:  # earlier return values are not overwritten by later calls
+        assert float(out) == pytest.approx(n, rel=RTOL[dtype])
+    g = torch.Generator().manual_seed(7)  # other shapes (and a grad-less param): a new plan
+    ps = [nn.Parameter(torch.randn(s, generator=g).to(dtype)) for s in [(5, 7), (3,), (2, 3, 4)]]
+    for p in ps[1:]:
+        p.grad = torch.randn(p.shape, generator=g).to(dtype)
+    ref = agc_reference(ps[1:], clipping=0.05, eps=1e-3)
+    clipper(ps)
+    assert ps[0].grad is None
+    assert_grads(ps[1:], ref, dtype)
+
+
+def test_agc_leaves_a_nonfinite_unit_alone_and_clips_the_rest() -> None:
+    ps = make_params(torch.float32, seed=4)
+    ps[0].grad[2, 1] = float("nan")  # row 2 of the matrix
+    ps[1].grad[0] = float("inf")  # the whole bias is one unit
+    with torch.no_grad():
+        ps[2].fill_(float("inf"))  # a non-finite weight: no limit, gradient untouched
+    g0 = [p.grad.clone() for p in ps]
+    ref = agc_reference(ps, clipping=0.01, eps=1e-3)
+    AGC(clipping=0.01)(ps)
+    torch.testing.assert_close(ps[0].grad[2], g0[0][2], equal_nan=True)
+    torch.testing.assert_close(ps[1].grad, g0[1])
+    torch.testing.assert_close(ps[2].grad, g0[2])
+    rows = [i for i in range(16) if i != 2]  # the finite rows are clipped as usual
+    torch.testing.assert_close(ps[0].grad[rows].double(), ref[0][rows])
+    assert float(ps[0].grad[rows].norm(dim=1).max()) < float(g0[0][rows].norm(dim=1).min())
+    for p, r in zip(ps[3:], ref[3:]):
+        torch.testing.assert_close(p.grad.double(), r)
 
 
 def zclip_reference(

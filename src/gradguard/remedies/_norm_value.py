@@ -16,9 +16,11 @@ __all__ = ["Norm", "Value"]
 class Norm(Clipper):
     """Rescale all gradients together so their global L2 norm is at most ``max_norm``.
 
-    Same result as ``torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)`` on finite
-    gradients (foreach kernels; the norm is accumulated in float32). A non-finite norm leaves the
-    gradients untouched instead of multiplying them by 0 or NaN.
+    A re-implementation of ``torch.nn.utils.clip_grad_norm_`` with the same foreach kernels,
+    not a call to it: on finite fp32 gradients the same norm and gradients (tested against it).
+    On purpose it differs where torch's result is useless: per-tensor norms are accumulated in
+    float32 (torch's fp16 norms overflow past 65504 and zero the gradients), and a non-finite
+    norm leaves the gradients untouched instead of multiplying them by 0 or NaN.
 
     Args:
         max_norm: the largest global gradient norm allowed (> 0).
