@@ -47,10 +47,6 @@ __all__ = ["DistributedReducer", "replication_factor"]
 
 log = logging.getLogger("gradguard")
 
-# Rows of the ``sums`` the Monitor passes (monitor.py): for gradient statistics (kind "params", 3 rows)
-# grad sumsq, weight sumsq, non-finite count; for activations the columns _A_COUNT .. _A_GRADSQ.
-_NONFINITE_ROW = 2
-
 
 def replication_factor(param: torch.Tensor, world_size: int) -> int:
     """How many ranks of a group of ``world_size`` hold the same piece of ``param``.
@@ -132,21 +128,15 @@ class DistributedReducer(Reducer):
         Args:
             sums: float64 ``[k, L]`` to be summed (squared norms, counts, activation moments).
             maxes: float64 ``[m, L]`` to be maxed (``m`` may be 0).
-            kind: "params" divides each layer's sums by its replication factor and, for gradient
-                statistics (3 rows), takes the maximum over ranks of the non-finite counts (row 2)
-                instead of their sum; "activations" sums, and divides the squared activation
-                gradients (row ``_A_GRADSQ``) by ``world_size**2`` (gradients are averaged over ranks).
+            kind: "params" divides each layer's sums by its replication factor; "activations"
+                sums, and divides the squared activation gradients (row ``_A_GRADSQ``) by
+                ``world_size**2`` (gradients are averaged over ranks).
 
         Returns:
             ``(sums, maxes)`` reduced; a maximum is NaN where any rank had NaN.
         """
         k, L = sums.shape
         world = self.world_size
-        # Per-layer non-finite counts (gradient statistics only: 3 rows) are maxed, not summed: the
-        # same tensor non-finite on several ranks (DDP copies, FSDP2 shards of one tensor) is one
-        # tensor. The Monitor hands over per-layer counts, not per-tensor flags, so where ranks have
-        # NaN/Inf in *different* tensors of one layer the maximum is a lower bound of their union.
-        counts = sums[_NONFINITE_ROW : _NONFINITE_ROW + 1] if kind == "params" and k > 2 else None
         # NaN is carried as a count in the SUM, because MAX over NaN is not defined the same way on
         # every backend; -inf stands in for NaN in the MAX and NaN is put back afterwards.
         isnan = maxes.isnan()
@@ -168,15 +158,8 @@ class DistributedReducer(Reducer):
             out_sums = out_sums.clone()
             out_sums[_A_GRADSQ] /= float(world * world)
         # shapes, the same on every rank: not a branch on values
-        if maxes.shape[0] == 0 and counts is None:
+        if maxes.shape[0] == 0:
             return out_sums, maxes
-        m = torch.where(isnan, -math.inf, maxes)
-        if counts is not None:  # stacked into the MAX that runs anyway: no extra collective
-            m = torch.cat([m, counts])
-        m = m.contiguous()
+        m = torch.where(isnan, -math.inf, maxes).contiguous()
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=self.group)
-        if counts is not None:
-            out_sums = out_sums.clone()
-            out_sums[_NONFINITE_ROW] = m[-1]
-            m = m[:-1]
         return out_sums, torch.where(nan_count > 0, math.nan, m)

@@ -564,11 +564,12 @@ class Monitor:
         weights = [_local(p.detach()) for _, p in self._params]
         # (P,) norms of every weight; one batched kernel per norm kind.
         wsq = _sumsq(weights)
-        sums = torch.zeros(
-            (3, L), dtype=torch.float64, device=self.device
-        )  # grad sumsq, weight sumsq, nonfinite
+        sums = torch.zeros((2, L), dtype=torch.float64, device=self.device)  # grad, weight sumsq
         sums[1].index_add_(0, self._pidx, wsq)
-        maxes = torch.full((1, L), -math.inf, dtype=torch.float64, device=self.device)
+        # maxima: max |g|, and the count of non-finite tensors (maxed over ranks, not summed: the
+        # same tensor non-finite on several ranks -- DDP copies, FSDP2 shards -- is one tensor)
+        maxes = torch.full((2, L), -math.inf, dtype=torch.float64, device=self.device)
+        nonfinite = torch.zeros(L, dtype=torch.float64, device=self.device)
         if grads:
             lidx, inv, has = self._signature(tuple(present))
             gsq = _sumsq(grads)
@@ -576,12 +577,12 @@ class Monitor:
             # max kernel does with NaN on this device
             gmax = torch.where(gsq.isnan(), math.nan, _max_abs(grads))
             sums[0].index_add_(0, lidx, gsq)
-            sums[2].index_add_(0, lidx, (~torch.isfinite(gmax)).to(torch.float64))
+            nonfinite.index_add_(0, lidx, (~torch.isfinite(gmax)).to(torch.float64))
             maxes[0].scatter_reduce_(0, lidx, gmax, reduce="amax")
         else:
             inv = torch.full((L,), math.nan, dtype=torch.float64, device=self.device)
             has = torch.zeros(L, dtype=torch.bool, device=self.device)
-        sums[2].index_add_(0, self._pidx, (~torch.isfinite(wsq)).to(torch.float64))
+        maxes[1] = nonfinite.index_add_(0, self._pidx, (~torch.isfinite(wsq)).to(torch.float64))
         sums, maxes = self.reducer.reduce(sums, maxes)  # the one place where ranks are combined
         gnorm = torch.where(has, sums[0].sqrt(), math.nan)
         row = self._buf[slot]
@@ -589,7 +590,7 @@ class Monitor:
         row[1] = gnorm * inv
         row[2] = torch.where(has, maxes[0], math.nan)
         row[3] = sums[1].sqrt()
-        row[4] = sums[2]
+        row[4] = maxes[1]
         self._gtotal[slot] = torch.where(has, sums[0], 0.0).sum().sqrt() if grads else math.nan
         self._slot_groups[slot].add("grad")
 
