@@ -193,3 +193,79 @@ def test_failing_probe_is_disabled_not_raised(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(gg.GradguardError, match="activations failed"):
         _train(strict, model, opt, 1)
     strict.close()
+
+
+def _rows(mon: gg.Monitor) -> int:
+    """The most rows any per-layer series keeps in the Monitor's memory."""
+    return max(sum(len(part[1]) for part in parts) for parts in mon._mem_metrics.values())
+
+
+def test_memory_stays_bounded_with_a_store_and_run_reads_it_back(tmp_path: Path) -> None:
+    torch.manual_seed(7)
+    model = mlp(depth=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gg.watch(model, opt, store=tmp_path / "long.db", flush_every=5, diagnose_online=False)
+    _train(mon, model, opt, 195)  # 39 flushes
+    mon._writer.sync()  # all committed (a loaded machine may lag), then one more flush prunes
+    _train(mon, model, opt, 5)
+    # diagnose_online=False: nothing but the last, uncommitted flush (of 5 steps) is kept
+    assert _rows(mon) <= 5, _rows(mon)
+    mon.flush(wait=False)  # the last loss (logged after the last automatic flush)
+    live = mon.run  # read back from the store + the uncommitted tail
+    mon.close()
+    stored = gg.load(tmp_path / "long.db")
+    for m in ("grad_norm", "weight_norm", "update_ratio", "act_std"):
+        s_live, v_live = live.metric(m)
+        s_db, v_db = stored.metric(m)
+        np.testing.assert_array_equal(s_live, s_db)
+        np.testing.assert_array_equal(v_live, v_db)
+    assert live.metric("grad_norm")[0].tolist() == list(range(200))
+    np.testing.assert_array_equal(live.scalar("loss")[1], stored.scalar("loss")[1])
+
+
+def test_online_diagnosis_keeps_its_window_in_memory(tmp_path: Path) -> None:
+    from gradguard.diagnosis.config import DiagnosisConfig
+
+    cfg = DiagnosisConfig(start_steps=10, online_window=20)
+    model = mlp(depth=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gg.watch(model, opt, store=tmp_path / "w.db", flush_every=5, diagnosis=cfg) as mon:
+        _train(mon, model, opt, 195)
+        mon._writer.sync()
+        _train(mon, model, opt, 5)
+        # the first 10 and the last 20 rows, plus the last, uncommitted flush (of 5 steps)
+        assert _rows(mon) <= 10 + 20 + 5, _rows(mon)
+        tail = mon._tail_run(10, 20)
+        s, _ = tail.metric("grad_norm")
+        assert s[:10].tolist() == list(range(10)) and s[-20:].tolist() == list(range(180, 200))
+    assert mon.run.metric("grad_norm")[0].tolist() == list(range(200))
+
+
+def test_store_failing_midway_loses_nothing_in_mon_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = mlp(depth=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    real_write = Store.write
+    calls = {"n": 0}
+
+    def fails_later(self: Store, run_id: int, batch: object) -> None:
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise sqlite3.OperationalError("disk full")
+        real_write(self, run_id, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "write", fails_later)
+    mon = gg.watch(model, opt, store=tmp_path / "f.db", flush_every=5, diagnose_online=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(mon, model, opt, 20)
+        mon._writer.sync()  # 4 batches committed: the next flush drops them from memory
+        _train(mon, model, opt, 80)
+        mon.close()
+    assert sum("disk full" in str(w.message) for w in caught) == 1
+    assert mon._pruned  # older parts lived only in the store before it failed
+    steps, gn = mon.run.metric("grad_norm")
+    assert steps.tolist() == list(range(100))  # the store's 30 steps + memory's 70
+    assert np.isfinite(gn).all()
+    assert gg.load(tmp_path / "f.db").metric("grad_norm")[0].tolist() == list(range(30))

@@ -48,7 +48,7 @@ from gradguard.layers import (
     forward_order,
     saturation_tolerance,
 )
-from gradguard.store import Batch, Event, Layer, Run, Store, StoreWriter
+from gradguard.store import Batch, Event, Layer, Run, Store, StoreWriter, load
 
 __all__ = ["Monitor", "watch", "METRICS", "Reducer"]
 
@@ -193,6 +193,39 @@ def _per_step_mean(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, n
     return uniq, total / np.bincount(inv)
 
 
+_Part = tuple[int | None, np.ndarray, np.ndarray]  # (store batch number, steps, values)
+
+
+def _ends(parts: list[_Part], head: int, tail: int) -> tuple[int, int]:
+    """``(first, last)``: parts ``[:first]`` hold the first ``head`` rows (at least), parts
+    ``[last:]`` the last ``tail`` rows, ``first <= last``."""
+    first, n = 0, 0
+    while first < len(parts) and n < head:
+        n += len(parts[first][1])
+        first += 1
+    last, n = len(parts), 0
+    while last > first and n < tail:
+        last -= 1
+        n += len(parts[last][1])
+    return first, last
+
+
+def _merge(
+    stored: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    memory: Mapping[str, list[_Part]],
+    committed: int,
+) -> dict[str, list[_Part]]:
+    """Series made of the store's committed rows and memory's parts the store does not hold."""
+    out: dict[str, list[_Part]] = {k: [(None, s, v)] for k, (s, v) in stored.items()}
+    for k, parts in memory.items():
+        out.setdefault(k, []).extend(p for p in parts if p[0] is None or p[0] >= committed)
+    for k, parts in out.items():  # in step order
+        steps = np.concatenate([p[1] for p in parts])
+        order = np.argsort(steps, kind="stable")
+        out[k] = [(None, steps[order], np.concatenate([p[2] for p in parts])[order])]
+    return out
+
+
 def _first_tensor(x: Any) -> torch.Tensor | None:
     if isinstance(x, torch.Tensor):
         return x
@@ -318,9 +351,14 @@ class Monitor:
         self._scalars: dict[str, list[tuple[int, Any]]] = {}
         self._events: list[Event] = []
         self._findings_seen: dict[tuple[str, str], Any] = {}  # online key -> severity reported
-        self._mem_metrics: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        self._mem_scalars: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        # Flushed history, one part per flush: (batch number in the store or None, steps, values).
+        # With a healthy store only what online diagnosis reads and what is not committed yet stays
+        # here (see _prune): memory does not grow with the run.
+        self._mem_metrics: dict[str, list[_Part]] = {}
+        self._mem_scalars: dict[str, list[_Part]] = {}
         self._mem_events: list[Event] = []
+        self._submitted = 0  # batches handed to the store writer
+        self._pruned = False  # parts dropped from memory (then mon.run reads the store)
         self._layers_written = False
 
         # Store: opened here so that a bad path fails now, not at the first flush.
@@ -344,8 +382,10 @@ class Monitor:
         if store is not None and self.reducer.is_writer:
             self._store = store if isinstance(store, Store) else Store(store)
             self.store_path = self._store.path
-            run_id, self.run_name = self._store.create_run(name, cfg, _environment(self.device))
-            self._writer = StoreWriter(self._store, run_id)
+            self._run_id, self.run_name = self._store.create_run(
+                name, cfg, _environment(self.device)
+            )
+            self._writer = StoreWriter(self._store, self._run_id)
 
         self._install_hooks()
         for helper in (clip, guard):
@@ -860,14 +900,15 @@ class Monitor:
         self._slot_steps, self._slot_groups, self._slot_lr, self._slot_of_step = [], [], [], {}
         self._scalars = {}
         self._events = []
-        self._remember(batch)
-        self._to_sinks(batch)
-        # A failed writer has reported itself once (logging + warnings) and drops batches; the
-        # in-memory run (mon.run) stays complete.
-        if self._writer is not None and (
+        to_store = self._writer is not None and bool(
             batch.metrics or batch.scalars or batch.events or batch.layers
-        ):
-            self._writer.submit(batch, wait=wait)
+        )
+        self._remember(batch, self._submitted if to_store else None)
+        self._to_sinks(batch)
+        # A failed writer has reported itself once (logging + warnings) and drops batches; what it
+        # did not commit stays in memory (mon.run stays complete).
+        if to_store:
+            self._submit(batch, wait)
         if self.config.diagnose_online and "diagnosis" not in self._failed:
             self._guarded("diagnosis", self._diagnose_online)
 
@@ -891,25 +932,88 @@ class Monitor:
             except Exception as e:
                 self._fail(f"sink {i} ({type(sink).__name__}) close", e)
 
-    def _remember(self, batch: Batch) -> None:
+    def _submit(self, batch: Batch, wait: bool = False) -> None:
+        assert self._writer is not None
+        self._submitted += 1
+        self._writer.submit(batch, wait=wait)
+
+    def _remember(self, batch: Batch, seq: int | None) -> None:
         for k, (s, v) in batch.metrics.items():
-            self._mem_metrics.setdefault(k, []).append((s, v))
+            self._mem_metrics.setdefault(k, []).append((seq, s, v))
         for k, (s, v) in batch.scalars.items():
-            self._mem_scalars.setdefault(k, []).append((s, v))
+            self._mem_scalars.setdefault(k, []).append((seq, s, v))
         self._mem_events.extend(batch.events)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Drop from memory the flushed parts the store has committed, but for the first and last
+        parts of each series that online diagnosis reads (``_tail_run``): with a healthy store the
+        Monitor's memory stays bounded however long the run. Nothing uncommitted is dropped, so a
+        store that fails later loses nothing (``mon.run`` = the store's part + memory's)."""
+        w = self._writer
+        if w is None or w.failed is not None:
+            return
+        committed = w.committed
+        head, tail = self._window() if self.config.diagnose_online else (0, 0)
+        for series in (self._mem_metrics, self._mem_scalars):
+            for k, parts in series.items():
+                first, last = _ends(parts, head, tail)
+                kept = [
+                    p
+                    for i, p in enumerate(parts)
+                    if i < first or i >= last or p[0] is None or p[0] >= committed
+                ]
+                if len(kept) < len(parts):
+                    series[k] = kept
+                    self._pruned = True
+
+    def _window(self) -> tuple[int, int]:
+        """Rows at the start and at the end of each series that online diagnosis reads."""
+        from gradguard.diagnosis.config import DiagnosisConfig
+
+        dcfg = self.config.diagnosis or DiagnosisConfig()
+        return dcfg.start_steps, dcfg.online_window
 
     @property
     def run(self) -> Run:
-        """Everything flushed so far, as an in-memory :class:`~gradguard.store.Run` (no store needed)."""
+        """Everything flushed so far, as a :class:`~gradguard.store.Run`.
 
-        def cat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-            return np.concatenate([s for s, _ in parts]), np.concatenate([v for _, v in parts])
+        Without a store (or while memory holds all of it) it is built from memory; once older
+        parts live only in the store, the store's committed part is read back and what is not
+        committed yet is added from memory.
+        """
+        metrics = self._mem_metrics
+        scalars = self._mem_scalars
+        if self._pruned and self._writer is not None and self.store_path is not None:
+            self._writer.sync()
+            committed = self._writer.committed
+            try:
+                stored: Run | None = load(self.store_path, run_id=self._run_id)
+            except Exception as e:  # the store broke after committing: say so, return memory's part
+                log.error("gradguard: could not read the run back from its store (%s)", e)
+                warnings.warn(
+                    f"gradguard: mon.run could not read {str(self.store_path)!r} ({e}); it holds "
+                    "only the steps still in memory",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                stored = None
+            if stored is not None:
+                metrics = _merge(
+                    {m: stored.metric(m) for m in stored.metric_names}, self._mem_metrics, committed
+                )
+                scalars = _merge(
+                    {n: stored.scalar(n) for n in stored.scalar_names}, self._mem_scalars, committed
+                )
+
+        def cat(parts: list[_Part]) -> tuple[np.ndarray, np.ndarray]:
+            return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
         return Run(
             self.run_name,
             self.recorded_layers(),
-            {k: cat(v) for k, v in self._mem_metrics.items()},
-            {k: cat(v) for k, v in self._mem_scalars.items()},
+            {k: cat(v) for k, v in metrics.items() if v},
+            {k: cat(v) for k, v in scalars.items() if v},
             list(self._mem_events),
             dict(self._run_config),
             path=self.store_path,
@@ -921,17 +1025,10 @@ class Monitor:
         O(head + tail + flush_every), not O(run length). Events are left out (no rule reads them).
         """
 
-        def cut(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-            first, n = 0, 0
-            while first < len(parts) and n < head:
-                n += len(parts[first][0])
-                first += 1
-            last, n = len(parts), 0
-            while last > first and n < tail:
-                last -= 1
-                n += len(parts[last][0])
+        def cut(parts: list[_Part]) -> tuple[np.ndarray, np.ndarray]:
+            first, last = _ends(parts, head, tail)
             keep = parts[:first] + parts[last:]
-            return np.concatenate([s for s, _ in keep]), np.concatenate([v for _, v in keep])
+            return np.concatenate([p[1] for p in keep]), np.concatenate([p[2] for p in keep])
 
         return Run(
             self.run_name,
@@ -965,7 +1062,7 @@ class Monitor:
             )
             self._mem_events.append(ev)
             if self._writer is not None:
-                self._writer.submit(Batch(events=[ev]))
+                self._submit(Batch(events=[ev]))
             self._to_sinks(Batch(events=[ev]))
             if self.on_finding is not None:
                 self.on_finding(f)

@@ -317,6 +317,9 @@ class Batch:
     layers: list[Layer] | None = None
 
 
+_SYNC = Batch()  # queued by StoreWriter.sync(): written by nobody, only waited for
+
+
 class StoreWriter:
     """Writes batches on a background thread, off the training loop.
 
@@ -329,6 +332,7 @@ class StoreWriter:
         self.store = store
         self.run_id = run_id
         self.failed: BaseException | None = None
+        self.committed = 0  # batches committed so far (they are written in submission order)
         self._reported = False
         self._q: queue.Queue[tuple[Batch | None, threading.Event | None]] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="gradguard-store", daemon=True)
@@ -338,8 +342,9 @@ class StoreWriter:
         while True:
             batch, done = self._q.get()
             try:
-                if batch is not None and self.failed is None:
+                if batch is not None and batch is not _SYNC and self.failed is None:
                     self.store.write(self.run_id, batch)
+                    self.committed += 1
             except BaseException as e:  # reported once, never raised into the training loop
                 self.failed = e  # reported by the submitting thread: see _report
             finally:
@@ -357,6 +362,13 @@ class StoreWriter:
         if done is not None:
             done.wait()
             self._report()
+
+    def sync(self) -> None:
+        """Return once every batch submitted so far is committed (or the writer has failed)."""
+        if self._thread.is_alive():
+            done = threading.Event()
+            self._q.put((_SYNC, done))
+            done.wait()
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -524,8 +536,16 @@ class Run:
         return f"Run(name={self.name!r}, layers={len(self.layers)}, steps={len(self.steps)}, events={len(self.events)})"
 
 
-def _read_run(conn: sqlite3.Connection, path: Path, name: str | None) -> Run:
-    if name is None:
+def _read_run(
+    conn: sqlite3.Connection, path: Path, name: str | None, run_id: int | None = None
+) -> Run:
+    if run_id is not None:
+        row = conn.execute(
+            "SELECT id, name, created, config, environment FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no run with id {run_id} in {str(path)!r}")
+    elif name is None:
         row = conn.execute(
             "SELECT id, name, created, config, environment FROM runs ORDER BY id DESC LIMIT 1"
         ).fetchone()
@@ -599,8 +619,10 @@ def _read_run(conn: sqlite3.Connection, path: Path, name: str | None) -> Run:
     )
 
 
-def load(path: str | os.PathLike[str], name: str | None = None) -> Run:
-    """Read a run from a store file: the last one, or the one called ``name``.
+def load(
+    path: str | os.PathLike[str], name: str | None = None, *, run_id: int | None = None
+) -> Run:
+    """Read a run from a store file: the last one, the one called ``name``, or the one with ``run_id``.
 
     Raises:
         StoreError: the file is missing, not a gradguard store, or holds no such run.
@@ -610,7 +632,7 @@ def load(path: str | os.PathLike[str], name: str | None = None) -> Run:
     p = Path(path)
     conn = _connect(p, create=False)
     try:
-        return _read_run(conn, p, name)
+        return _read_run(conn, p, name, run_id)
     except sqlite3.DatabaseError as e:
         raise StoreError(
             f"could not read {str(p)!r} ({e}); is it a complete gradguard store?"
@@ -627,3 +649,45 @@ def list_runs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in conn.execute("SELECT name, created FROM runs ORDER BY id")]
     finally:
         conn.close()
+
+
+def delete_runs(path: str | os.PathLike[str], names: Sequence[str]) -> int:
+    """Delete every run called one of ``names`` (with its layers, metrics, scalars and events).
+
+    A missing store file holds nothing to delete; ``0`` is returned.
+
+    Returns:
+        The number of runs deleted.
+
+    >>> delete_runs("runs/exp.db", ["lr=0.1"])   # doctest: +SKIP
+    1
+    """
+    p = Path(path)
+    if not p.exists() or not names:
+        return 0
+    conn = _connect(p, create=False)
+    try:
+        marks = ",".join("?" * len(names))
+        ids = [
+            r[0] for r in conn.execute(f"SELECT id FROM runs WHERE name IN ({marks})", tuple(names))
+        ]
+        if not ids:
+            return 0
+        which = ",".join("?" * len(ids))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("layers", "metrics", "scalars", "events"):
+                conn.execute(f"DELETE FROM {table} WHERE run_id IN ({which})", ids)
+            conn.execute(f"DELETE FROM runs WHERE id IN ({which})", ids)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(ids)
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"could not delete runs from {str(p)!r} ({e})") from e
+    finally:
+        conn.close()
+
+
+__all__ += ["delete_runs"]
