@@ -8,11 +8,14 @@ interleaved (all methods once per round, shuffled order); the table shows the me
 and the median over rounds of the per-round ratio to torch's clip_grad_norm_.
 
     PYTHONPATH=src python benchmarks/clip.py [--rounds 40] [--threads 2]
+
+The load average is printed before and after: rerun when it is high (shared machines).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
@@ -134,9 +137,18 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {_load()}")
     bench("W1 tanh MLP 24x512", mlp_w1, args.rounds)
     bench("W2 GPT 6x384", gpt_w2, args.rounds)
+    print(f"\nafter: {_load()}")
+
+
+def _load() -> str:
+    """The machine's load average: ratios on a shared machine are only as good as its quiet."""
+    try:
+        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # not available on this platform
+        return "load average unknown"
 
 
 if __name__ == "__main__":

@@ -191,6 +191,21 @@ def test_agc_reused_across_steps_and_shape_changes(dtype: torch.dtype) -> None:
     assert_grads(ps[1:], ref, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_agc_accelerator_path_matches_reference(dtype: torch.dtype) -> None:
+    """Biases go through one foreach kernel off-CPU: run that branch here on CPU tensors."""
+    clipper = AGC(clipping=0.2)
+    clipper(make_params(dtype, seed=1))
+    assert clipper._plan is not None
+    for plan in clipper._plan[1]:
+        plan.cpu = False
+    ps = make_params(dtype, seed=2)
+    ref = agc_reference(ps, clipping=0.2, eps=1e-3)
+    n = global_norm(grads64(ps))
+    assert float(clipper(ps)) == pytest.approx(n, rel=RTOL[dtype])
+    assert_grads(ps, ref, dtype)
+
+
 def test_agc_leaves_a_nonfinite_unit_alone_and_clips_the_rest() -> None:
     ps = make_params(torch.float32, seed=4)
     ps[0].grad[2, 1] = float("nan")  # row 2 of the matrix

@@ -12,41 +12,96 @@ from gradguard.remedies._clipper import Clipper
 
 __all__ = ["AGC", "unit_norms"]
 
+_vector_norm = torch.linalg.vector_norm
+
+
+def _unit_dims(t: torch.Tensor) -> int | tuple[int, ...]:
+    return 1 if t.ndim == 2 else tuple(range(1, t.ndim))
+
 
 def unit_norms(t: torch.Tensor) -> torch.Tensor:
     """Float32 L2 norm of each unit of ``t``: rows (dim 0) of a matrix or conv kernel,
     the whole tensor for a bias or gain (ndim <= 1). Shape: ``(out, 1, ..., 1)``, or ``(1,)`` / ``()``."""
     if t.ndim <= 1:
-        return torch.linalg.vector_norm(t, dtype=torch.float32).reshape((1,) * t.ndim)
-    return torch.linalg.vector_norm(
-        t, dim=tuple(range(1, t.ndim)), keepdim=True, dtype=torch.float32
-    )
+        return _vector_norm(t, dtype=torch.float32).reshape((1,) * t.ndim)
+    return _vector_norm(t, dim=_unit_dims(t), keepdim=True, dtype=torch.float32)
 
 
-def _unit_norms_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """:func:`unit_norms` of every tensor; biases and gains go through one foreach kernel
-    per device (one small kernel each would cost more than the reading)."""
-    out: list[torch.Tensor] = [t for t in tensors]  # placeholders, replaced below
-    small: dict[torch.device, list[int]] = defaultdict(list)
-    for i, t in enumerate(tensors):
-        if t.ndim <= 1:
-            small[t.device].append(i)
-        else:
-            out[i] = unit_norms(t)
-    for idx in small.values():
-        norms = torch._foreach_norm([tensors[i] for i in idx], 2, dtype=torch.float32)
-        for i, n in zip(idx, norms):
-            out[i] = n.reshape((1,) * tensors[i].ndim)
-    return out
+class _DevicePlan:
+    """Preallocated float32 buffers for one device's unit norms, and views into them.
+
+    Every unit (row of a weight; a whole bias) owns one slot of ``g`` / ``w`` / ``factor``:
+    the norms are written straight into their slots (``out=``), the decision is a few kernels
+    on the flat buffers, and ``factor_views[k]`` is tensor k's slice shaped to broadcast over it.
+    """
+
+    def __init__(self, grads: list[torch.Tensor], idx: list[int]) -> None:
+        dev = grads[idx[0]].device
+        mats = [i for i in idx if grads[i].ndim > 1]
+        self.small = [i for i in idx if grads[i].ndim <= 1]
+        n = sum(grads[i].shape[0] for i in mats) + len(self.small)
+        self.g, self.w, self.factor, self.tmp = torch.empty((4, n), dtype=torch.float32, device=dev)
+        # (tensor index, reduced dims, grad is fp32, weight view, grad view) per matrix
+        self.mats: list[tuple[int, int | tuple[int, ...], torch.Tensor, torch.Tensor]] = []
+        views: dict[int, torch.Tensor] = {}
+        a = 0
+        for i in mats:
+            t = grads[i]
+            b = a + t.shape[0]
+            shape = (t.shape[0],) + (1,) * (t.ndim - 1)
+            self.mats.append((i, _unit_dims(t), self.g[a:b].view(shape), self.w[a:b].view(shape)))
+            views[i] = self.factor[a:b].view(shape)
+            a = b
+        self.small_start = a
+        self.small_slots: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        for j, i in enumerate(self.small):
+            views[i] = self.factor[a + j : a + j + 1].view((1,) * grads[i].ndim)
+            self.small_slots.append((i, self.g[a + j], self.w[a + j]))  # 0-d views
+        self.cpu = dev.type == "cpu"
+        self.idx = idx
+        self.factor_views = [views[i] for i in idx]
+
+    def run(
+        self, weights: list[torch.Tensor], grads: list[torch.Tensor], clipping: float, eps: float
+    ) -> None:
+        """Unit norms of ``grads``/``weights`` into the buffers, then ``factor``; no host read."""
+        f32 = torch.float32
+        for i, dims, g_out, w_out in self.mats:
+            g, w = grads[i], weights[i]
+            # dtype= only where it changes something: it costs a slower kernel on fp32
+            if g.dtype == f32:
+                _vector_norm(g, dim=dims, keepdim=True, out=g_out)
+            else:
+                _vector_norm(g, dim=dims, keepdim=True, dtype=f32, out=g_out)
+            if w.dtype == f32:
+                _vector_norm(w, dim=dims, keepdim=True, out=w_out)
+            else:
+                _vector_norm(w, dim=dims, keepdim=True, dtype=f32, out=w_out)
+        if self.cpu:  # biases and gains: on CPU one small kernel each, written in place
+            for i, g_out, w_out in self.small_slots:
+                _vector_norm(grads[i], dtype=f32, out=g_out)
+                _vector_norm(weights[i], dtype=f32, out=w_out)
+        elif self.small:  # on accelerators one foreach kernel (one launch each costs more)
+            s = self.small_start
+            for src, buf in ((grads, self.g), (weights, self.w)):
+                norms = torch._foreach_norm([src[i] for i in self.small], 2, dtype=f32)
+                torch.stack(norms, out=buf[s:])
+        # factor = limit / max(||g||, limit), limit = clipping * max(||w||, eps): exactly 1 for a
+        # unit within its limit; a non-finite ||g|| (nan/inf -> 0) or ||w|| (nan -> 1) gives 1
+        limit = torch.clamp(self.w, min=eps, out=self.w).mul_(clipping)
+        torch.nan_to_num(self.g, nan=0.0, posinf=0.0, out=self.tmp)
+        torch.maximum(self.tmp, limit, out=self.tmp)
+        torch.div(limit, self.tmp, out=self.factor).nan_to_num_(nan=1.0)
 
 
 class AGC(Clipper):
     """Clip each unit's gradient so that ``||g_i|| <= clipping * max(||w_i||, eps)``.
 
     A unit is a row of a weight (an output neuron or conv filter); a bias or gain is one
-    unit. Units above the limit are rescaled to it, the others are untouched. Norms of all
-    units are gathered into one flat vector so the decision is a handful of kernels; a
-    unit whose gradient norm is not finite is left as it is.
+    unit. Units above the limit are rescaled to it, the others are untouched. The unit norms
+    of all tensors are written into one preallocated flat buffer per device (kept between calls
+    while the gradients' shapes stay the same), so the decision is a handful of kernels and the
+    rescaling one foreach multiply; a unit whose gradient norm is not finite is left as it is.
 
     Args:
         clipping: the largest allowed ratio ``||g|| / ||w||`` per unit (> 0), 0.01 in the paper
@@ -62,27 +117,38 @@ class AGC(Clipper):
         super().__init__()
         self.clipping = check_number("clipping", clipping, low=0.0)
         self.eps = check_number("eps", eps, low=0.0)
+        self._plan: tuple[Any, list[_DevicePlan]] | None = None  # (key, plans); not state
+
+    def _plans(self, grads: list[torch.Tensor]) -> list[_DevicePlan]:
+        key = tuple((g.shape, g.device) for g in grads)
+        if self._plan is None or self._plan[0] != key:
+            by_dev: dict[torch.device, list[int]] = defaultdict(list)
+            for i, g in enumerate(grads):
+                by_dev[g.device].append(i)
+            self._plan = (key, [_DevicePlan(grads, idx) for idx in by_dev.values()])
+        return self._plan[1]
 
     def _clip(
         self, params: list[torch.Tensor], grads: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        g_units = _unit_norms_all(grads)
-        w_units = _unit_norms_all([p for p in params if p.grad is not None])  # under no_grad
-        # one flat vector of unit norms: the decision is a few kernels, not a few per tensor
-        g_flat = torch.cat([u.view(-1) for u in g_units])  # (units,)
-        w_flat = torch.cat([u.view(-1) for u in w_units])
-        limit = w_flat.clamp(min=self.eps) * self.clipping
-        factor = torch.where(
-            torch.isfinite(g_flat) & (g_flat > limit),
-            limit / g_flat.clamp(min=1e-6),
-            torch.ones_like(g_flat),
-        )
-        before = torch.linalg.vector_norm(g_flat)  # sum of unit norms^2 = global norm^2
-        after = torch.linalg.vector_norm(g_flat * factor)
-        factors = [
-            f.view(u.shape) for f, u in zip(factor.split([u.numel() for u in g_units]), g_units)
-        ]
-        torch._foreach_mul_(grads, factors)  # broadcasts (out, 1, ...) over each unit
+        weights = [p for p in params if p.grad is not None]  # same order as grads
+        plans = self._plans(grads)
+        for plan in plans:
+            plan.run(weights, grads, self.clipping, self.eps)
+        if len(plans) == 1:
+            (plan,) = plans
+            torch._foreach_mul_(grads, plan.factor_views)  # broadcasts (out, 1, ...) per unit
+            before = _vector_norm(plan.g)  # sum of unit norms^2 = global norm^2
+            after = _vector_norm(plan.g * plan.factor) if self._monitor is not None else None
+            return before, after
+        dev0 = grads[0].device
+        parts_b, parts_a = [], []
+        for plan in plans:
+            torch._foreach_mul_([grads[i] for i in plan.idx], plan.factor_views)
+            parts_b.append(_vector_norm(plan.g).to(dev0))
+            parts_a.append(_vector_norm(plan.g * plan.factor).to(dev0))
+        before = _vector_norm(torch.stack(parts_b))
+        after = _vector_norm(torch.stack(parts_a)) if self._monitor is not None else None
         return before, after
 
     def _config(self) -> dict[str, Any]:
