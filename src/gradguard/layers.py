@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from gradguard.errors import GradguardError
@@ -189,3 +190,54 @@ def forward_order(layers: list[LayerInfo], seen: list[int]) -> list[int]:
         pos = max(k for k, i in enumerate(order) if i == anc or inside(name_of[i], name_of[anc]))
         order.insert(pos + 1, lay.index)
     return order + tail
+
+
+def has_skip_connection(output: object, *, max_nodes: int = 50_000, reach: int = 512) -> bool:
+    """Whether the autograd graph behind ``output`` adds a tensor to a function of itself.
+
+    A skip connection ``h + f(h)`` is an add node one of whose inputs is reachable from the other
+    (through ``f``'s graph). Parameters (graph leaves) do not count: ``w + g(w)`` is a
+    reparametrisation, and two independent branches summed (token + position embeddings, a
+    recurrent ``W x_t + U h_{t-1}``) share only leaves. Weighted skips (``a*h + f(h)``) are not
+    seen. Reads the graph once (the first forward pass), at most ``max_nodes`` nodes and
+    ``reach`` nodes per add; no graph (``no_grad``) gives False.
+
+    >>> x = torch.randn(3, requires_grad=True)
+    >>> h = torch.tanh(x)
+    >>> has_skip_connection(h + torch.sin(h)), has_skip_connection(torch.sin(h) + torch.cos(x))
+    (True, False)
+    """
+    root = getattr(output, "grad_fn", None)
+    if root is None:
+        return False
+    seen: set[object] = set()
+    stack = [root]
+    while stack and len(seen) < max_nodes:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        nexts = [f for f, _ in node.next_functions if f is not None]
+        if type(node).__name__.startswith("AddBackward") and len(nexts) == 2:
+            a, b = nexts
+            if _reaches(b, a, reach) or _reaches(a, b, reach):
+                return True
+        stack.extend(nexts)
+    return False
+
+
+def _reaches(src: object, dst: object, limit: int) -> bool:
+    """Whether autograd node ``dst`` (not a leaf) lies upstream of ``src`` within ``limit`` nodes."""
+    if type(dst).__name__ == "AccumulateGrad":
+        return False
+    seen: set[object] = set()
+    frontier = [src]
+    while frontier and len(seen) < limit:
+        node = frontier.pop()
+        if node is dst:
+            return True
+        if node in seen:
+            continue
+        seen.add(node)
+        frontier.extend(f for f, _ in node.next_functions if f is not None)  # type: ignore[attr-defined]
+    return False

@@ -46,6 +46,7 @@ from gradguard.layers import (
     activation_bounds,
     discover_layers,
     forward_order,
+    has_skip_connection,
     saturation_tolerance,
 )
 from gradguard.store import Batch, Event, Layer, Run, Store, StoreWriter, load
@@ -227,8 +228,12 @@ def _merge(
 
 
 def _first_tensor(x: Any) -> torch.Tensor | None:
+    """``x`` itself, or the first item of a tuple/list, or the first value of a mapping (a
+    Hugging Face ModelOutput), when it is a tensor."""
     if isinstance(x, torch.Tensor):
         return x
+    if isinstance(x, Mapping):
+        x = list(x.values())
     if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
         return x[0]
     return None
@@ -371,6 +376,8 @@ class Monitor:
         if optimizer is not None:
             cfg["optimizer"] = type(optimizer).__name__
         cfg["model"] = type(model).__name__
+        self._residual_from_user = "residual" in cfg
+        self._config_changed = False  # the config learned something after it was stored
         if "residual" not in cfg:  # the user's run_config={"residual": ...} wins
             from gradguard.diagnosis._structure import residual_hint
 
@@ -455,11 +462,21 @@ class Monitor:
 
     def _trace_done(self, module: nn.Module, args: Any, output: Any) -> None:
         self._order = forward_order(self.layers, list(self._seen_order))
+        if not self._run_config.get("residual") and not self._residual_from_user:
+            self._guarded("structure", lambda: self._look_for_skips(output))
         for h in self._trace_handles:
             h.remove()
         self._trace_handles.clear()
         self._trace_outputs.clear()
         self._trace_keep.clear()
+
+    def _look_for_skips(self, output: Any) -> None:
+        """Skip connections seen in the first forward's autograd graph go into the run's config
+        (the remedies then do not suggest adding them); stored with the next flush."""
+        if has_skip_connection(_first_tensor(output)):
+            self._run_config["residual"] = True
+            self._run_config["residual_module"] = "autograd graph (h + f(h))"
+            self._config_changed = True
 
     def _on_root_forward(self, module: nn.Module, args: Any) -> None:
         self._just_stepped = False
@@ -900,8 +917,10 @@ class Monitor:
         self._slot_steps, self._slot_groups, self._slot_lr, self._slot_of_step = [], [], [], {}
         self._scalars = {}
         self._events = []
+        if self._config_changed:
+            batch.config, self._config_changed = dict(self._run_config), False
         to_store = self._writer is not None and bool(
-            batch.metrics or batch.scalars or batch.events or batch.layers
+            batch.metrics or batch.scalars or batch.events or batch.layers or batch.config
         )
         self._remember(batch, self._submitted if to_store else None)
         self._to_sinks(batch)

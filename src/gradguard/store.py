@@ -223,6 +223,11 @@ class Store:
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             try:
+                if batch.config is not None:
+                    c.execute(
+                        "UPDATE runs SET config = ? WHERE id = ?",
+                        (json.dumps(batch.config, default=str), run_id),
+                    )
                 if batch.layers is not None:
                     c.execute("DELETE FROM layers WHERE run_id = ?", (run_id,))
                     c.executemany(
@@ -315,6 +320,7 @@ class Batch:
     )  # name -> ([S], [S])
     events: list[Event] = field(default_factory=list)
     layers: list[Layer] | None = None
+    config: dict[str, Any] | None = None  # the run's config, replaced (learned after watch())
 
 
 _SYNC = Batch()  # queued by StoreWriter.sync(): written by nobody, only waited for

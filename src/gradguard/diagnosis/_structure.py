@@ -13,7 +13,8 @@ forward pass), which is robust but a heuristic:
   transformer block adds its attention and MLP outputs to its input.
 
 A skip connection written inline in a module with a neutral name (``x = x + self.fc(x)`` inside
-``class Net``) is *not* detected; pass ``run_config={"residual": True}`` to ``gg.watch`` to say so.
+``class Net``) is not seen here; the Monitor finds it in the first forward pass's autograd graph
+(:func:`gradguard.layers.has_skip_connection`). ``run_config={"residual": ...}`` overrides both.
 """
 
 from __future__ import annotations
