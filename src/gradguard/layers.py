@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from gradguard.errors import GradguardError
@@ -202,6 +201,7 @@ def has_skip_connection(output: object, *, max_nodes: int = 50_000, reach: int =
     seen. Reads the graph once (the first forward pass), at most ``max_nodes`` nodes and
     ``reach`` nodes per add; no graph (``no_grad``) gives False.
 
+    >>> import torch
     >>> x = torch.randn(3, requires_grad=True)
     >>> h = torch.tanh(x)
     >>> has_skip_connection(h + torch.sin(h)), has_skip_connection(torch.sin(h) + torch.cos(x))
