@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -132,3 +133,87 @@ def test_run_figures_with_nonfinite_values_render() -> None:
         plots.activation_stats(run),
     ):
         assert size(png)[0] > 0
+
+
+def _captured_figure(monkeypatch: pytest.MonkeyPatch, draw: Any) -> Any:
+    """Run ``draw()`` and return the matplotlib Figure it rendered (fig_to_png intercepted)."""
+    seen: list[Any] = []
+    real = plots.fig_to_png
+
+    def keep(fig: Any) -> bytes:
+        seen.append(fig)
+        return real(fig)
+
+    monkeypatch.setattr(plots, "fig_to_png", keep)
+    draw()
+    assert len(seen) == 1
+    return seen[0]
+
+
+def test_curves_mark_findings_at_their_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.colors import to_hex
+
+    from gradguard.diagnosis.finding import Finding, Severity
+    from gradguard.report._style import SEVERITY_COLORS
+
+    steps = np.arange(40)
+    run = Run.from_arrays(
+        layers=["a", "b"],
+        metrics={"grad_rms": (steps, np.ones((40, 2)))},
+        scalars={
+            "loss": (steps, np.linspace(2.0, 0.5, 40)),
+            "grad_norm_total": (steps, np.ones(40)),
+        },
+    )
+    found = [
+        Finding("vanishing_gradients", Severity.CRITICAL, ("a",), (5, 20), evidence="tiny"),
+        Finding("nonfinite", Severity.WARNING, ("b",), (30, 30), evidence="1 NaN"),
+        Finding("healthy", Severity.INFO, steps=(0, 39), evidence="not drawn"),
+    ]
+    fig = _captured_figure(monkeypatch, lambda: plots.curves(run, found))
+    loss_ax, grad_ax = fig.axes[:2]
+    crit, warn = SEVERITY_COLORS["critical"], SEVERITY_COLORS["warning"]
+    for ax in (loss_ax, grad_ax):  # both panels carry the marks
+        vlines = [
+            (float(ln.get_xdata()[0]), to_hex(ln.get_color()), ln.get_linestyle())
+            for ln in ax.lines
+            if len(set(np.asarray(ln.get_xdata(), dtype=float))) == 1 and len(ln.get_xdata()) == 2
+        ]
+        assert (5.0, crit, "-") in vlines  # the start of the critical range
+        assert (30.0, warn, "--") in vlines  # a single-step finding: a dashed line
+        spans = [p for p in ax.patches if to_hex(p.get_facecolor()) == crit]
+        assert len(spans) == 1
+        xs = spans[0].get_transform().transform(spans[0].get_path().vertices)[:, 0]
+        lo, hi = ax.transData.inverted().transform([[xs.min(), 0], [xs.max(), 0]])[:, 0]
+        assert (lo, hi) == pytest.approx((5.0, 20.0))
+        # "healthy" draws nothing: no mark at step 0 or 39 besides the data itself
+        assert not any(x in (0.0, 39.0) for x, _, _ in vlines)
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["critical finding", "warning finding"]
+    # without findings: no vertical lines, no spans, no legend
+    bare = _captured_figure(monkeypatch, lambda: plots.curves(run, []))
+    for ax in bare.axes[:2]:
+        assert not ax.patches
+        assert all(len(set(np.asarray(ln.get_xdata(), dtype=float))) > 1 for ln in ax.lines)
+    assert not bare.legends
+
+
+def test_line_plot_draws_a_band_per_labelled_series(monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_hex
+
+    x = [1, 2, 3]
+    fig = _captured_figure(
+        monkeypatch,
+        lambda: plots.line_plot(
+            {"a": (x, [1.0, 0.1, 0.01]), "b": (x, [1.0, 1.0, 1.0])},
+            logy=True,
+            bands={"a": ([0.5, 0.05, 0.0], [2.0, 0.2, 0.02])},
+        ),
+    )
+    ax = fig.axes[0]
+    polys = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(polys) == 1  # only "a" has a band, in a's colour
+    assert to_hex(polys[0].get_facecolor()[0]) == to_hex(ax.lines[0].get_color())
+    ys = np.concatenate([p.vertices[:, 1] for p in polys[0].get_paths()])
+    assert ys.max() == pytest.approx(2.0) and ys.min() == pytest.approx(0.05)  # 0 is a gap on log y

@@ -18,12 +18,14 @@ from typing import Any
 import torch
 
 from gradguard.errors import ConfigError
+from gradguard.lab._common import progress_to
 from gradguard.lab.result import ExperimentResult
 
 __all__ = [
     "EXPERIMENTS",
     "ExperimentResult",
     "list_experiments",
+    "progress_to",
     "run_experiment",
     "save_result",
     "save_runs",
@@ -55,7 +57,8 @@ def run_experiment(
         quick: the quick preset (seconds; used by the demo and the tests) or the full one.
         out: a directory to write the results to (table.csv, reading.txt, figures as PNG,
             runs.db, report.html); None writes nothing.
-        **options: passed to the experiment's ``run`` (``quiet=True`` hides the progress bar;
+        **options: passed to the experiment's ``run`` (``quiet=True`` hides the progress bar, which
+            goes to stderr on a terminal, or wherever :func:`progress_to` says;
             preset overrides such as ``depths=[5, 10]``), and ``threads`` (torch CPU threads while
             it runs, default 1).
 

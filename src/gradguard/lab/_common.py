@@ -7,6 +7,7 @@ experiment file shows only its data, model, loop and what it measures.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import sys
 import warnings
@@ -27,12 +28,14 @@ __all__ = [
     "Block",
     "Trained",
     "accuracy",
+    "check_choices",
     "deterministic",
     "diagnose_or_empty",
     "init_linear_",
     "linear_columns",
     "mlp",
     "progress",
+    "progress_to",
     "record_gradients",
     "reinit_",
     "train_classifier",
@@ -190,6 +193,25 @@ def deterministic(seed: int) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(was)
+
+
+def check_choices(option: str, values: Any, valid: Any) -> list[Any]:
+    """``values`` as a list, every one of them in ``valid``, else a ConfigError naming the valid ones.
+
+    >>> check_choices("activations", ["tanh"], ["tanh", "relu"])
+    ['tanh']
+    """
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ConfigError(f"{option} must be a list, got {values!r}; use a subset of {list(valid)}")
+    values = list(values)
+    bad = [v for v in values if v not in valid]
+    if bad:
+        raise ConfigError(
+            f"unknown {option} {', '.join(map(repr, bad))}; use a subset of {list(valid)}"
+        )
+    if not values:
+        raise ConfigError(f"{option} is empty; use a subset of {list(valid)}")
+    return values
 
 
 def watch_quietly(model: nn.Module, optimizer: Any = None, **kwargs: Any) -> Any:
@@ -356,16 +378,41 @@ def diagnose_or_empty(run: Run) -> list[Any]:
         return list(diagnose(run))
 
 
+# Where progress bars go (see progress_to); None: a rich Console on stderr, only on a terminal.
+_PROGRESS_CONSOLE: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "gradguard_lab_progress_console", default=None
+)
+
+
+@contextlib.contextmanager
+def progress_to(console: Any) -> Iterator[None]:
+    """Send the lab's progress bars to ``console`` (a rich Console) inside the block.
+
+    They are then shown whatever stderr is (still not with ``quiet=True``); the console decides
+    how (a Console that is not a terminal renders the bar once it stops).
+
+    >>> import io; from rich.console import Console
+    >>> with progress_to(Console(file=io.StringIO(), force_terminal=True)):   # doctest: +SKIP
+    ...     lab.run_experiment("weight_scale", quick=True)
+    """
+    token = _PROGRESS_CONSOLE.set(console)
+    try:
+        yield
+    finally:
+        _PROGRESS_CONSOLE.reset(token)
+
+
 class _Progress:
     def __init__(self, total: int, description: str, quiet: bool) -> None:
         self._bar: Any = None
         self._task: Any = None
-        if quiet or not sys.stderr.isatty():
+        console = _PROGRESS_CONSOLE.get()
+        if quiet or (console is None and not sys.stderr.isatty()):
             return
         from rich.console import Console
         from rich.progress import Progress
 
-        self._bar = Progress(console=Console(stderr=True), transient=True)
+        self._bar = Progress(console=console or Console(stderr=True), transient=True)
         self._bar.start()
         self._task = self._bar.add_task(description, total=total)
 
@@ -380,7 +427,8 @@ class _Progress:
 
 @contextlib.contextmanager
 def progress(total: int, description: str, quiet: bool = False) -> Iterator[_Progress]:
-    """A progress bar on stderr (rich), silent when quiet or when stderr is not a terminal.
+    """A progress bar (rich): on stderr when it is a terminal, or on the console given to
+    :func:`progress_to`; silent when quiet.
 
     >>> with progress(3, "configs", quiet=True) as bar:
     ...     for _ in range(3):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,19 +34,28 @@ def save_result(
     """Write one result under ``out``: ``NAME/table.csv``, ``NAME/reading.txt``, ``NAME/FIGURE.png``,
     its runs into ``out/runs.db`` and (``report=True``) ``out/report.html`` with this result alone.
 
+    Running the same experiment again into the same ``out`` replaces its runs: the runs stored
+    under its labels (or ``NAME/label``) are deleted first, so every run is stored under its own
+    label and ``gradguard report out/runs.db --name LABEL`` opens the latest one.
+
     Returns:
         The experiment's directory ``out/NAME``.
     """
+    from gradguard.store import delete_runs
+
     root = _dir(out)
     here = write_files(result, root)
-    save_runs([result], root / RUNS_DB)
+    db = root / RUNS_DB
+    delete_runs(db, [n for label in result.runs for n in (label, f"{result.name}/{label}")])
+    save_runs([result], db)
     if report:
         write_lab_report([result], root, title=f"gradguard lab: {result.name}")
     return here
 
 
 def write_files(result: ExperimentResult, root: Path) -> Path:
-    """``root/NAME/table.csv``, ``reading.txt`` and one PNG per figure; returns ``root/NAME``."""
+    """``root/NAME/table.csv``, ``reading.txt``, one PNG per figure and (if the result has
+    curves) ``curves.json``; returns ``root/NAME``."""
     here = _dir(root / result.name)
     with open(here / "table.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=result.columns, extrasaction="ignore")
@@ -53,6 +64,13 @@ def write_files(result: ExperimentResult, root: Path) -> Path:
     (here / "reading.txt").write_text(result.reading + "\n", encoding="utf-8")
     for name, png in result.figures.items():
         (here / f"{name}.png").write_bytes(png)
+    if result.curves:
+        # NaN (a layer without a positive gradient) is written as null: strict JSON
+        clean = {
+            label: {k: [v if math.isfinite(v) else None for v in vals] for k, vals in c.items()}
+            for label, c in result.curves.items()
+        }
+        (here / "curves.json").write_text(json.dumps(clean) + "\n", encoding="utf-8")
     return here
 
 

@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from gradguard.lab._common import deterministic, linear_columns, mlp, progress, record_gradients
+from gradguard.lab._common import (
+    ACTIVATIONS,
+    INITS,
+    check_choices,
+    deterministic,
+    linear_columns,
+    mlp,
+    progress,
+    record_gradients,
+)
 from gradguard.lab._figures import line_plot
 from gradguard.lab.data import digits
 from gradguard.lab.result import ExperimentResult
@@ -58,6 +68,8 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
         norm (geometric mean over seeds and its spread in decades), one run per configuration.
     """
     p = {**PRESETS["quick" if quick else "full"], **options}
+    p["activations"] = check_choices("activations", p["activations"], ACTIVATIONS)
+    p["inits"] = check_choices("inits", p["inits"], INITS)
     t0 = time.perf_counter()
     # float64: the sweep spans 1e-93 .. 1e+30; float32 would flush to 0 or overflow to inf.
     d = digits(torch.float64)
@@ -65,7 +77,8 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
 
     rows: list[dict[str, Any]] = []
     runs = {}
-    flows: dict[tuple[str, str, int], np.ndarray] = {}  # mean log10 ||dL/dW_l|| per Linear layer
+    # per configuration, the whole per-layer curve over seeds: mean and std of log10 ||dL/dW_l||
+    flows: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
     total = len(p["activations"]) * len(p["inits"]) * len(p["depths"])
     with progress(total, "depth sweep", quiet) as bar:
         for act in p["activations"]:
@@ -75,11 +88,19 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                 for init in p["inits"]:
                     label = f"{act}/{init}/depth{depth}"
                     # one run per configuration; step s = the net re-drawn with seed s
-                    rec = record_gradients(model, x, y, label, seeds=p["seeds"], init=init)
+                    with deterministic(0):
+                        rec = record_gradients(model, x, y, label, seeds=p["seeds"], init=init)
                     runs[label] = rec
                     grads = rec.metric("grad_norm")[1][:, linear_columns(rec)]  # (seeds, depth + 1)
                     logs = np.log10(np.where(grads > 0, grads, np.nan))  # (seeds, depth + 1)
-                    flows[(act, init, depth)] = np.nanmean(logs, axis=0)
+                    with warnings.catch_warnings():  # a layer with no positive value: NaN
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        mean, std = (
+                            np.nanmean(logs, axis=0),
+                            np.nanstd(logs, axis=0),
+                        )  # (depth + 1,)
+                    flows[(act, init, depth)] = (mean, std)
+                    hidden = std[:-1] if len(std) > 1 else std  # the head is not a hidden layer
                     first = logs[:, 0]  # (seeds,) layer 1, the input side
                     last = logs[:, -2] if logs.shape[1] > 1 else logs[:, -1]  # last hidden layer
                     rows.append(
@@ -90,6 +111,11 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                             "grad_first": float(10 ** np.mean(first)),  # geometric mean over seeds
                             "spread_decades": float(np.std(first)),  # std of log10 over seeds
                             "grad_last_hidden": float(10 ** np.mean(last)),
+                            "spread_last_decades": float(np.std(last)),
+                            # the widest spread over seeds anywhere on the per-layer curve
+                            "spread_max_decades": float(np.nanmax(hidden))
+                            if np.isfinite(hidden).any()
+                            else math.nan,
                             "first_over_last": float(10 ** np.mean(first - last)),
                         }
                     )
@@ -115,19 +141,32 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
             ylabel="||dL/dW_1||",
             logy=True,
         )
-    deep = max(p["depths"]) if 20 not in p["depths"] else 20
-    for init in [i for i in ("xavier", "he") if i in p["inits"]]:
-        flow: dict[str, tuple[Any, Any]] = {
-            act: (list(range(1, deep + 2)), 10 ** flows[(act, init, deep)])
-            for act in p["activations"]
-        }
+    # the per-layer flow, mean over seeds with a band of +-1 std (in log10), at the deepest
+    # depth <= 20 (the deepest one if all are deeper): one figure per init, an activation per line
+    shallow = [dp for dp in p["depths"] if dp <= 20]
+    deep = max(shallow) if shallow else min(p["depths"])
+    for init in p["inits"]:
+        flow: dict[str, tuple[Any, Any]] = {}
+        band: dict[str, tuple[Any, Any]] = {}
+        layers = list(range(1, deep + 2))
+        for act in p["activations"]:
+            mean, std = flows[(act, init, deep)]
+            flow[act] = (layers, 10**mean)
+            band[act] = (10 ** (mean - std), 10 ** (mean + std))
+        name = INIT_LABELS.get(init, init)
         figures[f"flow_depth{deep}_{init}"] = line_plot(
             flow,
-            title=f"gradient flow, depth {deep}, {INIT_LABELS[init]} init (layer 1 = input side)",
-            xlabel="layer",
+            title=f"gradient flow, depth {deep}, {name} init (band: ±1 std over seeds)",
+            xlabel="layer (1 = input side, last = head)",
             ylabel="||dL/dW_l||",
             logy=True,
+            bands=band,
         )
+    # every configuration's whole curve (layer 1 .. head), kept with the result and in curves.json
+    curves = {
+        f"{act}/{init}/depth{dp}": {"log10_mean": mean.tolist(), "log10_std": std.tolist()}
+        for (act, init, dp), (mean, std) in flows.items()
+    }
 
     return ExperimentResult(
         name="depth_sweep",
@@ -139,10 +178,13 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
             "grad_first",
             "spread_decades",
             "grad_last_hidden",
+            "spread_last_decades",
+            "spread_max_decades",
             "first_over_last",
         ],
         table=rows,
         figures=figures,
+        curves=curves,
         reading=_reading(rows),
         runs=runs,
         params={**p, "quick": quick},

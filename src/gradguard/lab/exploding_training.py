@@ -118,13 +118,15 @@ def _reading(rows: list[dict[str, Any]], p: dict[str, Any]) -> str:
     trained = [f"{r['config']} ({r['test_acc']:.0%})" for r in saved if r["test_acc"] > 0.5]
     stuck = [r["config"] for r in saved if r["test_acc"] <= 0.5]
     still = [r["config"] for r in rows[1:] if r["first_nan_step"] is not None]
-    when = (
-        f"its loss becomes NaN at step {base['first_nan_step']}"
-        if base["first_nan_step"] is not None
-        else "it stays finite this time"
-    )
+    if base["first_nan_step"] is not None:
+        outcome = f"the baseline diverges: its loss becomes NaN at step {base['first_nan_step']}"
+    else:
+        outcome = (
+            f"the baseline stays finite this time (largest loss {base['max_loss']:.3g}, "
+            f"test accuracy {base['test_acc']:.0%}), so there is no divergence to remedy"
+        )
     return (
-        f"With SGD at lr {p['lr']} the baseline diverges: {when}. Stay finite and learn: "
+        f"With SGD at lr {p['lr']} {outcome}. Stay finite and learn: "
         f"{', '.join(trained) or 'none'}. Stay finite but learn nothing in {p['steps']} steps: "
         f"{', '.join(stuck) or 'none'}. Still diverge: {', '.join(still) or 'none'}."
     )

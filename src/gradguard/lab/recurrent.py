@@ -176,6 +176,8 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
     rows: list[dict[str, Any]] = []
     runs = {}
     curves: dict[int, dict[str, np.ndarray]] = {}
+    train_losses: dict[int, dict[str, np.ndarray]] = {}  # T -> model -> training MSE per step
+    explode_losses: dict[str, np.ndarray] = {}  # label -> training MSE per step (SGD)
     work = len(p["grad_lengths"]) * 3 + len(p["train_lengths"]) * 3 + 2
     with progress(work, "recurrent", quiet) as bar:
         # 1. gradient through time at init
@@ -201,10 +203,11 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                 bar.advance()
         # 2. training, Adam, each model
         for T in p["train_lengths"]:
+            train_losses[T] = {}
             for kind in KINDS:
                 with deterministic(0):
                     model = SeqRegressor(kind, p["hidden"])
-                    rec, _, nan_at, mse = _train(
+                    rec, losses, nan_at, mse = _train(
                         model,
                         T,
                         name=f"{kind}/T={T}",
@@ -214,6 +217,7 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                         lr=1e-2,
                     )
                 runs[f"{kind}/T={T}"] = rec
+                train_losses[T][kind] = losses
                 rows.append(
                     {
                         "part": "training",
@@ -248,6 +252,7 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                     clip=clipper,
                 )
             runs[label] = rec
+            explode_losses[label] = losses
             rows.append(
                 {
                     "part": "exploding",
@@ -272,6 +277,26 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
         )
         for T, c in curves.items()
     }
+    for T, by_kind in train_losses.items():
+        figures[f"training_mse_T{T}"] = line_plot(
+            {k: (np.arange(len(v)), v) for k, v in by_kind.items()},
+            title=f"training MSE, adding problem T = {T} (Adam lr 1e-2)",
+            xlabel="step",
+            ylabel="MSE (batch)",
+            logy=True,
+            hline=ADDING_BASELINE_MSE,
+            hline_label=f"predict the mean ({ADDING_BASELINE_MSE:.3f})",
+        )
+    if explode_losses:
+        figures["exploding_rnn_loss"] = line_plot(
+            {k: (np.arange(len(v)), v) for k, v in explode_losses.items()},
+            title=f"RNN, spectral radius 2, T = {p['explode_length']}: SGD loss, unclipped vs clipped",
+            xlabel="step",
+            ylabel="MSE (batch)",
+            logy=True,
+            hline=ADDING_BASELINE_MSE,
+            hline_label=f"predict the mean ({ADDING_BASELINE_MSE:.3f})",
+        )
     return ExperimentResult(
         name="recurrent",
         title="Recurrent nets: gradients through time on the adding problem",

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from gradguard.lab._common import (
+    check_choices,
     deterministic,
     diagnose_or_empty,
     linear_columns,
@@ -71,7 +72,7 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
         An ExperimentResult, one row per configuration.
     """
     p = {**PRESETS["quick" if quick else "full"], **options}
-    labels = list(p.pop("configs", None) or CONFIGS)
+    labels = check_choices("configs", p.pop("configs", None) or list(CONFIGS), CONFIGS)
     t0 = time.perf_counter()
     data = digits()  # x: (1437, 64) standardised pixels, y: (1437,) digits 0..9
 
@@ -141,14 +142,31 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
     )
 
 
+BASELINE = next(iter(CONFIGS))
+
+
 def _reading(rows: list[dict[str, Any]], p: dict[str, Any]) -> str:
-    base = rows[0]
     best = max(rows, key=lambda r: r["test_acc"])
-    good = [r["config"] for r in rows[1:] if r["test_acc"] > base["test_acc"] + 0.3]
+    tail = (
+        f"best: {best['config']} at {best['test_acc']:.0%}. "
+        "Remedies that keep the gradient ratio near 1 are the ones that train."
+    )
+    base = next((r for r in rows if r["config"] == BASELINE), None)
+    if base is None:  # a subset without the baseline: nothing to compare against
+        return (
+            f"After {p['steps']} SGD steps on a {p['depth']}-layer MLP (the {BASELINE} baseline was "
+            "not in this run): "
+            + ", ".join(
+                f"{r['config']} {r['test_acc']:.0%} (gradient ratio {r['grad_first_over_last']:.1e})"
+                for r in rows
+            )
+            + "; "
+            + tail
+        )
+    good = [r["config"] for r in rows if r is not base and r["test_acc"] > base["test_acc"] + 0.3]
     return (
         f"After {p['steps']} SGD steps the {p['depth']}-layer sigmoid baseline reaches "
         f"{base['test_acc']:.0%} test accuracy (chance is 10%): its first layer gets "
         f"{base['grad_first_over_last']:.1e} of the last hidden layer's gradient. "
-        f"Clearly better (> +30 points): {', '.join(good) or 'none'}; best: {best['config']} at "
-        f"{best['test_acc']:.0%}. Remedies that keep the gradient ratio near 1 are the ones that train."
+        f"Clearly better (> +30 points): {', '.join(good) or 'none'}; " + tail
     )

@@ -100,7 +100,8 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                         "arch": arch,
                         "depth": depth,
                         "grad_first_init": float(np.exp(np.mean(np.log(g[:, 0])))),
-                        "grad_last_init": float(np.exp(np.mean(np.log(g[:, -1])))),
+                        # the last hidden layer (-1 is the linear head), as in depth_sweep
+                        "grad_last_hidden_init": float(np.exp(np.mean(np.log(g[:, -2])))),
                         "test_acc": out.test_acc,
                         "final_loss": float(np.mean(out.losses[-10:])),
                     }
@@ -133,7 +134,14 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
     return ExperimentResult(
         name="residual_depth",
         title="Plain vs residual networks as depth grows",
-        columns=["arch", "depth", "grad_first_init", "grad_last_init", "test_acc", "final_loss"],
+        columns=[
+            "arch",
+            "depth",
+            "grad_first_init",
+            "grad_last_hidden_init",
+            "test_acc",
+            "final_loss",
+        ],
         table=rows,
         figures=figures,
         reading=_reading(rows, p),

@@ -24,6 +24,9 @@ class ExperimentResult:
         reading: a plain-language reading of the outcome (a few sentences, numbers included).
         runs: runs recorded with the Monitor, if any (label -> Run).
         findings: diagnosis per run label (label -> findings), if diagnosis ran.
+        curves: numbers behind the figures that do not fit the tidy table, e.g. depth_sweep's
+            per-layer gradient-flow curve of each configuration (label -> name -> list of floats);
+            written to ``NAME/curves.json``.
         params: the preset / options it ran with.
         elapsed_s: wall time of the experiment.
     """
@@ -36,5 +39,6 @@ class ExperimentResult:
     reading: str = ""
     runs: dict[str, Run] = field(default_factory=dict)
     findings: dict[str, list[Finding]] = field(default_factory=dict)
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0

@@ -22,7 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradguard.lab._common import deterministic, linear_columns, mlp, progress, record_gradients
+from gradguard.lab._common import (
+    ACTIVATIONS,
+    check_choices,
+    deterministic,
+    linear_columns,
+    mlp,
+    progress,
+    record_gradients,
+)
 from gradguard.lab._figures import line_plot
 from gradguard.lab.data import digits
 from gradguard.lab.result import ExperimentResult
@@ -81,6 +89,7 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
         An ExperimentResult, one row per (activation, sigma_w).
     """
     p = {**PRESETS["quick" if quick else "full"], **options}
+    p["activations"] = check_choices("activations", p["activations"], ACTIVATIONS)
     t0 = time.perf_counter()
     d = digits(torch.float64)  # float64: at sigma_w = 0.01, 10 layers reach 1e-20
     x, y = d.x_train[: p["batch"]], d.y_train[: p["batch"]]  # (batch, 64), (batch,)
@@ -94,9 +103,10 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                 model = mlp(p["depth"], width=p["width"], activation=act, dtype=torch.float64)
             for sw in scales:
                 label = f"{act}/sigma_w={sw:g}"
-                rec = record_gradients(
-                    model, x, y, label, seeds=p["seeds"], sigma_w=float(sw), config="full"
-                )
+                with deterministic(0):
+                    rec = record_gradients(
+                        model, x, y, label, seeds=p["seeds"], sigma_w=float(sw), config="full"
+                    )
                 runs[label] = rec
                 cols = linear_columns(rec)
                 grads = rec.metric("grad_norm")[1][:, cols]  # (seeds, depth + 1)

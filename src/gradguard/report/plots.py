@@ -341,6 +341,9 @@ def line_plot(
     logx: bool = False,
     logy: bool = False,
     hline: float | None = None,
+    hline_label: str | None = None,
+    bands: Mapping[str, tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]]
+    | None = None,
     size: tuple[float, float] = (7.0, 4.0),
 ) -> bytes:
     """Lines (one per label) in the house style.
@@ -350,6 +353,9 @@ def line_plot(
         title, xlabel, ylabel: text.
         logx, logy: log axes (non-positive values become gaps on a log axis).
         hline: a dashed reference line at this y (e.g. chi_1 = 1), or None.
+        hline_label: the reference line's legend entry, or None.
+        bands: label -> (low, high), a shaded band (e.g. the spread over seeds) around that
+            label's line, in its colour; same x as the line.
         size: figure size in inches.
 
     Returns:
@@ -364,14 +370,22 @@ def line_plot(
         for label, (x, y) in series.items():
             yy = np.asarray(y, dtype=np.float64)
             yy = _positive(yy) if logy else np.where(np.isfinite(yy), yy, np.nan)
-            ax.plot(
-                np.asarray(x, dtype=np.float64),
+            xx = np.asarray(x, dtype=np.float64)
+            (line,) = ax.plot(
+                xx,
                 yy,
                 marker="o" if len(yy) <= 30 else None,
                 label=str(label),
             )
+            if bands and label in bands:
+                lo, hi = (np.asarray(b, dtype=np.float64) for b in bands[label])
+                lo, hi = (
+                    _positive(b) if logy else np.where(np.isfinite(b), b, np.nan) for b in (lo, hi)
+                )
+                ok = np.isfinite(lo) & np.isfinite(hi)
+                ax.fill_between(xx, lo, hi, where=ok, color=line.get_color(), alpha=0.18, lw=0)
         if hline is not None:
-            ax.axhline(hline, color="#555555", ls="--", lw=1.0)
+            ax.axhline(hline, color="#555555", ls="--", lw=1.0, label=hline_label)
         if logx:
             ax.set_xscale("log")
         if logy:
@@ -379,7 +393,7 @@ def line_plot(
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        if len(series) > 1:
+        if len(series) > 1 or (hline is not None and hline_label):
             ax.legend(loc="best")
         return fig_to_png(fig)
 
