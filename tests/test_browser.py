@@ -89,6 +89,11 @@ def _open(path: Path) -> dict[str, Any]:
                     navLinks: Array.from(document.querySelectorAll('nav a')).map(a => a.getAttribute('href')),
                     title: document.title,
                     scrollWidth: document.documentElement.scrollWidth,
+                    clientWidth: document.documentElement.clientWidth,
+                    tableHeads: Array.from(document.querySelectorAll('table')).map(t =>
+                        Array.from(t.querySelectorAll('thead th')).map(h => h.textContent)),
+                    wideImages: Array.from(document.images).filter(i =>
+                        i.getBoundingClientRect().right > document.documentElement.clientWidth + 1).length,
                 })"""
             )
         finally:
@@ -144,3 +149,23 @@ def test_missing_browser_skips_only_outside_ci(
     expected = pytest.fail.Exception if outcome == "fail" else pytest.skip.Exception
     with pytest.raises(expected, match="install-browser"):
         _sync_playwright()
+
+
+def test_real_demo_report_in_chromium(request: pytest.FixtureRequest) -> None:
+    """The page `gradguard demo` really writes (the session's demo run, tests/conftest.py)."""
+    _sync_playwright()  # skip (or fail under CI) before paying for the demo run
+    demo = request.getfixturevalue("demo_run")
+    seen = _open(demo.out / "report.html")
+    assert seen["console"] == [] and seen["page_errors"] == []
+    assert _network(seen["requests"]) == []
+    results = list(demo.results.values())
+    assert len(seen["images"]) == sum(len(r.figures) for r in results)
+    for img in seen["images"]:
+        assert img["complete"] and img["w"] > 0 and img["h"] > 0 and img["alt"], img
+    assert seen["sections"][0] == "overview" and len(seen["sections"]) == 1 + len(results)
+    heads = seen["tableHeads"]
+    for r in results:  # each experiment's tidy table is in the page, with its columns
+        assert list(r.columns) in heads, r.name
+    # laptop width: no sideways scrolling of the page, no figure wider than the window
+    assert seen["scrollWidth"] <= 1366 and seen["scrollWidth"] <= seen["clientWidth"]
+    assert seen["wideImages"] == 0

@@ -1,37 +1,30 @@
 """`gradguard demo` end to end, and the textbook direction of every quick preset.
 
-One demo run (all quick presets, through the CLI) is shared by every test in this module.
+One demo run (all quick presets, through the CLI, not quiet) is shared by every test in this module
+and by tests/test_browser.py: the ``demo_run`` fixture of tests/conftest.py.
 """
 
 from __future__ import annotations
 
+import base64
+import html as html_lib
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import gradguard as gg
-from gradguard import cli, lab
-from gradguard.commands import demo as demo_cmd
+from gradguard import lab
 from gradguard.store import list_runs
+from tests.conftest import DemoRun
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("demo") / "out"
-    captured: list[Any] = []
-    real = demo_cmd.run_demo
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        results = real(*args, **kwargs)
-        captured.extend(results)
-        return results
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(demo_cmd, "run_demo", spy)
-        assert cli.main(["demo", "--out", str(out), "--quiet"]) == 0
-    return out, {r.name: r for r in captured}
+def demo(demo_run: DemoRun) -> tuple[Path, dict[str, Any]]:
+    """The session's one demo run (tests/conftest.py), run without --quiet."""
+    return demo_run.out, demo_run.results
 
 
 def row(result: Any, **match: Any) -> dict[str, Any]:
@@ -142,3 +135,73 @@ def test_residual_depth_direction(demo: tuple[Path, dict[str, Any]]) -> None:
             row(r, arch="residual", depth=depth)["test_acc"]
             > row(r, arch="plain", depth=depth)["test_acc"] + 0.5
         )
+
+
+def _text(html: str) -> str:
+    """The page's text: tags dropped, entities decoded, whitespace collapsed."""
+    return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
+def test_report_is_self_contained_with_every_figure_table_and_reading(
+    demo: tuple[Path, dict[str, Any]],
+) -> None:
+    out, results = demo
+    html = (out / "report.html").read_text(encoding="utf-8")
+    pngs = sorted(out.glob("*/*.png"))
+    assert len(pngs) == sum(len(r.figures) for r in results.values())
+    # every figure embedded as a data: URI, byte for byte the PNG written next to the report
+    embedded = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', html)
+    assert len(embedded) == html.count("data:image/png") == len(pngs)
+    assert sorted(base64.b64decode(b) for b in embedded) == sorted(p.read_bytes() for p in pngs)
+    # nothing external: no http(s) src/href, no stylesheet or script from elsewhere
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I)
+    assert not re.search(r"<(?:script|link|iframe)\b", html, re.I)
+    assert not re.search(r"url\(\s*['\"]?(?:https?:)?//", html, re.I)
+    text = _text(html)
+    sections = re.split(r'<section id="', html)
+    for r in results.values():
+        # the experiment's own section holds its reading and its table (header and every row)
+        mine = [sec for sec in sections if f"experiment {r.name}" in sec]
+        assert len(mine) == 1, r.name
+        sec = mine[0]
+        assert " ".join(r.reading.split()) in _text(sec), r.name
+        table = sec.split("<h3>Results", 1)[1].split("</table>", 1)[0]  # the tidy table
+        heads = re.findall(r"<th[^>]*scope=\"col\"[^>]*>(.*?)</th>", table)
+        assert [html_lib.unescape(h) for h in heads] == list(r.columns), r.name
+        assert len(re.findall(r"<tr\b", table)) == len(r.table) + 1, r.name  # header + rows
+        first = r.table[0][r.columns[0]]
+        assert f'<th scope="row">{html_lib.escape(str(first))}</th>' in table, r.name
+        assert f"Recorded runs ({', '.join(r.runs)})" in _text(sec) or not r.runs
+    assert "gradguard report runs.db --name LABEL" in text
+
+
+def test_demo_prints_key_tables_and_findings(demo_run: DemoRun) -> None:
+    printed = demo_run.printed
+    flat = " ".join(printed.split())
+    for r in demo_run.results.values():
+        assert r.title in printed, r.name
+        assert " ".join(r.reading.split()) in flat, r.name  # wrapped lines, same words
+        for col in r.columns:
+            assert col in printed, (r.name, col)
+    # the table's rows: first cells of the first rows, and the remedies row labels
+    assert "sigmoid + batchnorm" in printed and "baseline (diverges)" in printed
+    # the worst finding of each diagnosed configuration, e.g. the sigmoid baseline's vanishing
+    remedies = demo_run.results["remedies"]
+    for label, found in remedies.findings.items():
+        if found:
+            worst = max(found, key=lambda f: f.severity)
+            assert f"{label}: {worst.severity.value} {worst.kind}" in flat
+    assert "baseline (sigmoid): critical vanishing_gradients" in flat or (
+        "baseline (sigmoid): warning vanishing_gradients" in flat
+    )
+    assert "demo done in" in printed
+
+
+def test_demo_figures_show_spread_and_training_curves(demo: tuple[Path, dict[str, Any]]) -> None:
+    out, results = demo
+    sweep = results["depth_sweep"]
+    for init in ("small", "unit", "xavier", "he"):  # vanishing and exploding flows both drawn
+        assert (out / "depth_sweep" / f"flow_depth20_{init}.png").is_file()
+    assert len(sweep.curves) == len(sweep.table)
+    rec = results["recurrent"]
+    assert {"training_mse_T10", "exploding_rnn_loss"} <= set(rec.figures)
