@@ -353,7 +353,13 @@ def _reading(rows: list[dict[str, Any]]) -> str:
         nan_b = (
             f"diverges at step {b['first_nan_step']}"
             if b["first_nan_step"] is not None
-            else f"stays finite (test MSE {b['test_mse']:.3f})"
+            else f"stays finite (test MSE {b['test_mse']:.3f}"
+            + (
+                ", near the mean predictor's 0.167)"
+                if b["test_mse"] <= 1.2 * ADDING_BASELINE_MSE
+                else "; not yet down to the mean predictor's 0.167: clipping bounds the steps, "
+                "it does not make SGD on an exploding RNN learn fast)"
+            )
         )
         parts.append(
             f"With W_hh scaled to spectral radius 2 the gradient grows {a['h0_over_hT']:.1e}x from t = T back to t = 0; "
