@@ -41,6 +41,8 @@ class _DevicePlan:
         self.small = [i for i in idx if grads[i].ndim <= 1]
         n = sum(grads[i].shape[0] for i in mats) + len(self.small)
         self.g, self.w, self.factor, self.tmp = torch.empty((4, n), dtype=torch.float32, device=dev)
+        self.zeros = torch.zeros(n, dtype=torch.float32, device=dev)  # never written
+        self.one = torch.ones((), dtype=torch.float32, device=dev)
         # (tensor index, reduced dims, grad is fp32, weight view, grad view) per matrix
         self.mats: list[tuple[int, int | tuple[int, ...], torch.Tensor, torch.Tensor]] = []
         views: dict[int, torch.Tensor] = {}
@@ -86,12 +88,13 @@ class _DevicePlan:
             for src, buf in ((grads, self.g), (weights, self.w)):
                 norms = torch._foreach_norm([src[i] for i in self.small], 2, dtype=f32)
                 torch.stack(norms, out=buf[s:])
-        # factor = limit / max(||g||, limit), limit = clipping * max(||w||, eps): exactly 1 for a
-        # unit within its limit; a non-finite ||g|| (nan/inf -> 0) or ||w|| (nan -> 1) gives 1
-        limit = torch.clamp(self.w, min=eps, out=self.w).mul_(clipping)
+        # factor = min(1, clipping * max(||w||, eps) / ||g||), four kernels: 1 for a unit within
+        # its limit (and for ||g|| = 0: x/0 = inf); a non-finite ||g|| (inf -> 0 first) or ||w||
+        # (inf/x = inf, nan/x = nan) gives 1 too -- fmin, unlike clamp, drops the NaN
+        w_floor = torch.clamp(self.w, min=eps, out=self.w)
         torch.nan_to_num(self.g, nan=0.0, posinf=0.0, out=self.tmp)
-        torch.maximum(self.tmp, limit, out=self.tmp)
-        torch.div(limit, self.tmp, out=self.factor).nan_to_num_(nan=1.0)
+        torch.addcdiv(self.zeros, w_floor, self.tmp, value=clipping, out=self.factor)
+        torch.fmin(self.factor, self.one, out=self.factor)
 
 
 class AGC(Clipper):
