@@ -207,3 +207,29 @@ def test_watch_passes_the_diagnosis_config_to_online_diagnosis() -> None:
     assert run.config["watch"]["diagnosis"]["dead_warning"] == 0.3
     with pytest.raises(ConfigError, match="diagnosis must be a DiagnosisConfig"):
         gg.watch(nn.Linear(2, 2), diagnosis={"dead_warning": 0.3})
+
+
+def test_online_warning_points_at_the_training_loop_and_prints_once(capfd) -> None:
+    layers: list[nn.Module] = []
+    for _ in range(20):
+        layers += [nn.Linear(16, 16), nn.Sigmoid()]
+    model = nn.Sequential(*layers)
+    for m in model:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gg.watch(model, opt, flush_every=5) as mon:
+            for _ in range(10):
+                opt.zero_grad()
+                model(torch.randn(8, 16)).sum().backward()
+                opt.step()  # the line the warning names
+    found = [w for w in caught if "vanishing_gradients" in str(w.message)]
+    assert len(found) == 1
+    assert found[0].filename == __file__
+    line = open(__file__).read().splitlines()[found[0].lineno - 1]
+    assert "opt.step()" in line
+    assert mon.step_count == 10
+    # no second copy on stderr from logging's last-resort handler
+    assert "vanishing_gradients" not in capfd.readouterr().err

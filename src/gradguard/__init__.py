@@ -7,9 +7,14 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+# A library's logger stays silent until the application configures logging: findings and failures
+# reach the user once, through ``warnings``, instead of twice (a warning plus logging's last resort).
+logging.getLogger("gradguard").addHandler(logging.NullHandler())
 
 # name -> module that defines it; imported on first use so `import gradguard` stays cheap.
 _LAZY = {

@@ -227,6 +227,24 @@ def _merge(
     return out
 
 
+_OWN_DIRS = (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
+)
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` called right here that points at the user's code: the
+    first frame outside gradguard and torch (a finding fires inside ``optimizer.step()``'s hooks,
+    whose depth varies), so the warning names the line of the training loop."""
+    frame = sys._getframe(1)  # the function that is about to warn
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIRS):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
 def _first_tensor(x: Any) -> torch.Tensor | None:
     """``x`` itself, or the first item of a tuple/list, or the first value of a mapping (a
     Hugging Face ModelOutput), when it is a tensor."""
@@ -1070,7 +1088,7 @@ class Monitor:
         for f in new_findings(run, self._findings_seen, config=dcfg):
             msg = f"gradguard: {f.severity.value} {f.kind}: {f.evidence}"
             log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            warnings.warn(msg, RuntimeWarning, stacklevel=_user_stacklevel())
             last = f.steps[1] if f.steps else None
             ev = Event(
                 step=last,
@@ -1131,7 +1149,7 @@ class Monitor:
         self._failed.add(part)
         msg = f"gradguard: {part} failed ({type(e).__name__}: {e}); that part is disabled, training goes on"
         log.error(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        warnings.warn(msg, RuntimeWarning, stacklevel=_user_stacklevel())
         if part == "activations":
             self._remove_act_hooks()
             self._act_step = None
