@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,7 +229,7 @@ def test_online_warning_points_at_the_training_loop_and_prints_once(capfd) -> No
     found = [w for w in caught if "vanishing_gradients" in str(w.message)]
     assert len(found) == 1
     assert found[0].filename == __file__
-    line = open(__file__).read().splitlines()[found[0].lineno - 1]
+    line = Path(__file__).read_text().splitlines()[found[0].lineno - 1]
     assert "opt.step()" in line
     assert mon.step_count == 10
     # no second copy on stderr from logging's last-resort handler
