@@ -3,11 +3,14 @@
 Workloads (the Foundation's): W1 = 24 x (Linear(512, 512) + tanh), batch 256;
 W2 = 6-layer GPT (d_model 384, 6 heads, seq 128, batch 16, vocab 512).
 One forward/backward makes the gradients; before every timed call they are restored from a
-saved copy (not timed), so every clipper sees the same fresh gradients. Rounds are
+saved copy and every weight is read once (neither timed), so every clipper sees the same fresh
+gradients and, as right after a real backward (which reads every weight), weights in cache.
+``--cold-weights`` skips that read (the earlier protocol): then only AGC, the one method
+that reads the weights, pays for fetching them from memory. Rounds are
 interleaved (all methods once per round, shuffled order); the table shows the median time
 and the median over rounds of the per-round ratio to torch's clip_grad_norm_.
 
-    PYTHONPATH=src python benchmarks/clip.py [--rounds 40] [--threads 2]
+    PYTHONPATH=src python benchmarks/clip.py [--rounds 40] [--threads 2] [--cold-weights]
 
 The load average is printed before and after: rerun when it is high (shared machines).
 """
@@ -97,11 +100,14 @@ def methods(max_norm: float) -> dict[str, Callable[[list[torch.Tensor]], object]
     }
 
 
-def bench(name: str, build: Callable[[], tuple[nn.Module, Callable]], rounds: int) -> None:
+def bench(
+    name: str, build: Callable[[], tuple[nn.Module, Callable]], rounds: int, warm: bool = True
+) -> None:
     torch.manual_seed(0)
     model, loss_fn = build()
     loss_fn(model).backward()
     params = [p for p in model.parameters() if p.grad is not None]
+    weights = [p.detach() for p in params]
     saved = [p.grad.detach().clone() for p in params]
     gbytes = sum(g.numel() * g.element_size() for g in saved)
     meths = methods(max_norm=0.1)
@@ -112,6 +118,8 @@ def bench(name: str, build: Callable[[], tuple[nn.Module, Callable]], rounds: in
         for k in order:
             for p, g in zip(params, saved):
                 p.grad.copy_(g)  # fresh gradients, not timed
+            if warm:  # the weights, as a backward leaves them (it reads each one), not timed
+                torch._foreach_norm(weights)
             t0 = time.perf_counter()
             meths[k](params)
             dt = time.perf_counter() - t0
@@ -121,7 +129,8 @@ def bench(name: str, build: Callable[[], tuple[nn.Module, Callable]], rounds: in
     # robust to load that drifts between rounds on a shared machine
     base = times["torch clip_grad_norm_ (default)"]
     base_fe = times["torch clip_grad_norm_ (foreach)"]
-    print(f"\n{name}: {len(params)} grad tensors, {gbytes / 2**20:.1f} MiB, {rounds} rounds")
+    how = "weights read before each call" if warm else "cold weights"
+    print(f"\n{name}: {len(params)} grad tensors, {gbytes / 2**20:.1f} MiB, {rounds} rounds, {how}")
     print(f"{'method':34s} {'median ms':>10s} {'vs default':>11s} {'vs foreach':>11s}")
     for k in meths:
         med = statistics.median(times[k])
@@ -134,12 +143,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument(
+        "--cold-weights",
+        action="store_true",
+        help="do not read the weights before each call (they may have left the cache)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {_load()}")
-    bench("W1 tanh MLP 24x512", mlp_w1, args.rounds)
-    bench("W2 GPT 6x384", gpt_w2, args.rounds)
+    bench("W1 tanh MLP 24x512", mlp_w1, args.rounds, warm=not args.cold_weights)
+    bench("W2 GPT 6x384", gpt_w2, args.rounds, warm=not args.cold_weights)
     print(f"\nafter: {_load()}")
 
 
