@@ -680,18 +680,21 @@ class Monitor:
         assert self._before is not None
         weights = [_local(p.detach()) for _, p in self._params]
         L = len(self.layers)
-        before_sq = _sumsq(self._before)
-        torch._foreach_sub_(
-            self._before, weights
-        )  # in place: before <- before - after (no new memory)
+        # ||w_before|| is this step's weight_norm when the optimizer's pre-hook took it (the same
+        # weights the snapshot holds): one pass over the weights fewer
+        reuse = self.optimizer is not None and "grad" in self._slot_groups[slot]
+        before_sq = None if reuse else _sumsq(self._before)
+        torch._foreach_sub_(self._before, weights)  # in place: before <- before - after
         diff_sq = _sumsq(self._before)
-        sums = torch.zeros((2, L), dtype=torch.float64, device=self.device)
+        sums = torch.zeros((1 if reuse else 2, L), dtype=torch.float64, device=self.device)
         sums[0].index_add_(0, self._pidx, diff_sq)
-        sums[1].index_add_(0, self._pidx, before_sq)
+        if before_sq is not None:
+            sums[1].index_add_(0, self._pidx, before_sq)
         sums, _ = self.reducer.reduce(
             sums, torch.zeros((0, L), dtype=torch.float64, device=self.device)
         )
-        self._buf[slot, _UPDATE_ROW] = sums[0].sqrt() / sums[1].sqrt()
+        before = self._buf[slot, 3] if reuse else sums[1].sqrt()
+        self._buf[slot, _UPDATE_ROW] = sums[0].sqrt() / before
         self._slot_groups[slot].add("update")
 
     def _install_act_hooks(self) -> None:
@@ -746,27 +749,35 @@ class Monitor:
         self, acc: torch.Tensor, idx: int, y: torch.Tensor, bounds: tuple[float, float] | None
     ) -> None:
         # Moments from sums and sums of squares: std_mean is 12-35x slower on CPU (PERF-NOTES).
+        # Each statistic is one pass over y; no host read, no host-to-device copy.
         y = _local(y)
         n = y.numel()
-        s1 = y.sum(dtype=torch.float64)
-        s2 = torch.linalg.vector_norm(y, dtype=torch.float64).square()
-        zeros = n - torch.count_nonzero(y)
+        # fp32 sums are cascaded (relative error ~1e-7 of the sum of |y|); sum(dtype=float64)
+        # converts a copy of y first on CPU, which costs more than every other statistic together
+        s1 = (y.sum() if y.dtype == torch.float32 else y.sum(dtype=torch.float64)).to(torch.float64)
+        s2 = _sumsq([y])[0]
         if bounds is not None:
+            # tanh/sigmoid-like outputs are almost never 0: count_nonzero is one fast pass there
+            zeros = n - torch.count_nonzero(y).to(torch.float64)
             lo, hi = saturation_tolerance(bounds)
-            sat = ((y <= lo).sum() + (y >= hi).sum()).to(torch.float64)
+            # within tolerance of either bound: |y - middle| >= half the tolerated width
+            mid, half = (lo + hi) / 2, (hi - lo) / 2
+            dist = y.abs() if mid == 0 else (y - mid).abs_()
+            sat = torch.count_nonzero(dist >= half).to(torch.float64)
         else:
+            # nonzeros as a sum of |sign(y)|: count_nonzero branches on every element on CPU
+            # (7x slower on a ReLU output that is half zeros)
+            zeros = n - y.sign().abs_().sum(dtype=torch.float64)
             sat = s1.new_zeros(())
-        counts = torch.tensor(
-            [float(n), float(n if bounds is not None else 0)], dtype=torch.float64, device=y.device
-        )
-        row = torch.stack([counts[0], s1, s2, zeros.to(torch.float64), sat, counts[1]])
-        acc[idx, :6].add_(row.to(self.device))
+        row = acc[idx]
+        row[_A_COUNT].add_(n)
+        row[_A_SATN].add_(n if bounds is not None else 0)
+        row[_A_SUM : _A_SAT + 1].add_(torch.stack([s1, s2, zeros, sat]).to(self.device))
 
     def _grad_hook(self, idx: int) -> Callable[[torch.Tensor], None]:
         def hook(g: torch.Tensor) -> None:
             try:
-                gsq = torch.linalg.vector_norm(_local(g), dtype=torch.float64).square()
-                self._act[idx, _A_GRADSQ].add_(gsq.to(self.device))
+                self._act[idx, _A_GRADSQ].add_(_sumsq([_local(g)])[0].to(self.device))
             except Exception as e:
                 self._fail("activations", e)
 
