@@ -526,3 +526,38 @@ def test_take_gradients_now_records_pre_clip_norms_once_per_step() -> None:
     np.testing.assert_allclose(gn[1], post[1], rtol=1e-6)
     assert not np.allclose(pre[0], post[0])
     assert np.isfinite(mon.run.metric("update_ratio")[1]).all()
+
+
+def test_no_host_read_between_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training steps (gradient statistics, update ratio, activations, log) never read a tensor
+    on the host: on a GPU each read would be a device sync. Only flush() reads."""
+    torch.manual_seed(8)
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+    )
+    # SGD: torch's Adam reads its step count with .item() on CPU itself
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    mon = gg.watch(model, opt, detail_every=1, flush_every=1000, diagnose_online=False)
+    x, y = _batch("mlp", 0)
+    nn.functional.cross_entropy(model(x), y).backward()  # first forward: layer order learned
+    opt.step()
+    opt.zero_grad()
+
+    def read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("host read of a tensor on the training path")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "__bool__", "__float__", "__int__", "tolist", "cpu", "numpy"):
+            m.setattr(torch.Tensor, name, read)
+        for step in range(3):
+            x, y = _batch("mlp", step)
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss, lr_as_tensor=torch.tensor(1e-3))
+    assert mon._failed == set()  # nothing was disabled by the patched reads
+    mon.close()
+    steps, _ = mon.run.metric("act_grad_norm")
+    assert steps.tolist() == [0, 1, 2, 3]
+    assert mon.run.scalar("loss")[0].tolist() == [1, 2, 3]

@@ -151,14 +151,14 @@ def _max_abs(tensors: list[torch.Tensor], fused: bool | None = None) -> torch.Te
     if fused:
         # accelerators: one fused multi-tensor kernel (the scalar inf-norm path is a CPU problem);
         # it has no identity for empty tensors (uneven FSDP2 shards), which contribute 0
-        full = [i for i, t in enumerate(tensors) if t.numel()]
-        out = torch.zeros(len(tensors), dtype=torch.float64, device=tensors[0].device)
-        if full:
-            norms = torch._foreach_norm(  # type: ignore[call-arg]
-                [tensors[i] for i in full], math.inf, dtype=torch.float32
-            )
-            out[full] = torch.stack(norms).to(torch.float64)
-        return out
+        full = [t for t in tensors if t.numel()]
+        norms = iter(
+            torch._foreach_norm(full, math.inf, dtype=torch.float32)  # type: ignore[call-arg]
+            if full
+            else []
+        )
+        zero = tensors[0].new_zeros((), dtype=torch.float32)  # a fill: no host-to-device copy
+        return torch.stack([next(norms) if t.numel() else zero for t in tensors]).to(torch.float64)
     # an empty local shard (FSDP2 splits unevenly) has no max: it contributes 0
     lo_hi = [torch.aminmax(t.reshape(-1)) if t.numel() else (t.new_zeros(()),) * 2 for t in tensors]
     lo = torch.stack([m[0] for m in lo_hi]).to(torch.float64)
