@@ -46,3 +46,16 @@ def test_clip_benchmark_runs_one_round() -> None:
     out = _run("benchmarks/clip.py", "--rounds", "1", "--threads", "1")
     for method in ("AutoClip", "AGC", "ZClip"):
         assert method in out
+
+
+def test_diagnosis_calibration_runs_small() -> None:
+    out = _run(
+        "benchmarks/diagnosis_calibration.py",
+        "--only",
+        "exploding_training",
+        "--set",
+        "steps",
+        "15",
+    )
+    lines = [line for line in out.splitlines() if line.startswith("| exploding_training: ")]
+    assert len(lines) == 8 and all(line.count("|") == 10 for line in lines)
