@@ -95,3 +95,22 @@ def test_terminal_helpers() -> None:
     assert [len(b) for b in bars] == [1, 5, 10, 0]  # 1 + (log10 x + 9) / 9 * 9 blocks
     assert sparkline([1.0, 2.0, 3.0]) == "▁▅█"
     assert sparkline([]) == ""
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_show_fits_narrow_terminals_by_dropping_columns(
+    sigmoid_run: Path, capsys: pytest.CaptureFixture[str], width: int
+) -> None:
+    assert main(["show", str(sigmoid_run), "--width", str(width)]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith(("┃", "│", "┏", "└"))]
+    assert table and all(len(line) <= width for line in table)
+    assert "…" not in "\n".join(table)  # no cell squeezed into an ellipsis
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("┡"))  # the layer table
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("└"))
+    body = lines[start + 1 : end]
+    assert len(body) == 7 and all("█" in line for line in body)  # every layer keeps its bar
+    for row, name in zip(body, ["0", "2", "4", "6", "8", "10", "12"]):
+        assert row.split("│")[2].strip() == name  # layer names stay whole
+    assert "grad_rms" in out and "wider terminal for" in out

@@ -36,5 +36,5 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(name, created)
         console.print(table)
         return 0
-    console.print(run_summary(load(args.store, args.name)))
+    console.print(run_summary(load(args.store, args.name), width=console.width))
     return 0

@@ -127,67 +127,101 @@ def sparkline(values: np.ndarray, width: int = 32) -> str:
     return "".join(out)
 
 
-def run_summary(run: Run, *, max_events: int = 20) -> Any:
-    """A rich renderable summarising a run: header, per-layer table with flow bars, scalars, events."""
+def run_summary(run: Run, *, max_events: int = 20, width: int | None = None) -> Any:
+    """A rich renderable summarising a run: header, per-layer table with flow bars, scalars, events.
+
+    Args:
+        width: the console width the layer table must fit in (None: everything, as wide as it
+            gets). Columns are dropped least useful first (kind, act std, weight_norm, grad_norm,
+            ...) and the flow bar shrinks, rather than squeezing every cell into an ellipsis.
+    """
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     steps = run.steps
     env = run.environment
-    head = Text.assemble(
+    head_parts: list[Any] = [
         ("run ", "dim"),
         (run.name, "bold"),
         ("  ·  ", "dim"),
         f"{len(run.layers)} layers",
         ("  ·  ", "dim"),
         f"{len(steps)} recorded steps" + (f" ({steps[0]}..{steps[-1]})" if len(steps) else ""),
-        ("  ·  ", "dim"),
-        f"torch {env.get('torch', '?')} on {env.get('device', '?')}",
-        ("  ·  ", "dim"),
-        run.created or "",
-    )
+    ]
+    if env.get("torch"):
+        head_parts += [("  ·  ", "dim"), f"torch {env['torch']} on {env.get('device', '?')}"]
+    if run.created:
+        head_parts += [("  ·  ", "dim"), run.created]
+    head = Text.assemble(*head_parts)
     rows = layer_rows(run)
     has_agn = any(not math.isnan(r["act_grad_norm"]) for r in rows)
-    flow_metric = "grad_rms"
-    bars = flow_bars(np.array([r[flow_metric] for r in rows]))
-    table = Table(title="layers (forward order), latest values", title_justify="left", expand=False)
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("layer")
-    table.add_column("kind", style="dim")
-    table.add_column("grad_norm", justify="right")
-    table.add_column("grad_rms", justify="right")
-    table.add_column("gradient flow (log grad_rms)", style="cyan", no_wrap=True)
-    table.add_column("weight_norm", justify="right")
-    table.add_column("update/weight", justify="right")
+    bar_width = 24 if width is None or width >= 140 else 12
+    bars = flow_bars(np.array([r["grad_rms"] for r in rows]), width=bar_width)
+
+    # (keep-priority: lower is kept longer, header, cells, column options), in display order
+    columns: list[tuple[int, str, list[Any], dict[str, Any]]] = [
+        (0, "#", [str(r["index"]) for r in rows], {"justify": "right", "style": "dim"}),
+        (0, "layer", [r["name"] if r["trainable"] else f"{r['name']} (frozen)" for r in rows], {}),
+        (
+            11,
+            "kind",
+            [r["kind"] + (f"→{r['activation']}" if r["activation"] else "") for r in rows],
+            {"style": "dim"},
+        ),
+        (8, "grad_norm", [fmt(r["grad_norm"]) for r in rows], {"justify": "right"}),
+        (1, "grad_rms", [fmt(r["grad_rms"]) for r in rows], {"justify": "right"}),
+        (
+            0,
+            "gradient flow (log grad_rms)" if bar_width >= 24 else "flow (log)",
+            bars,
+            {"style": "cyan", "no_wrap": True},
+        ),
+        (9, "weight_norm", [fmt(r["weight_norm"]) for r in rows], {"justify": "right"}),
+        (3, "update/weight", [fmt(r["update_ratio"]) for r in rows], {"justify": "right"}),
+    ]
     if has_agn:
-        table.add_column("‖dL/dout‖", justify="right")
-    table.add_column("act std", justify="right")
-    table.add_column("zero", justify="right")
-    table.add_column("sat", justify="right")
-    table.add_column("NaN/Inf", justify="right")
-    for r, bar in zip(rows, bars):
-        kind = r["kind"] + (f"→{r['activation']}" if r["activation"] else "")
-        nf = r["nonfinite_steps"]
-        cells = [
-            str(r["index"]),
-            r["name"] if r["trainable"] else f"{r['name']} (frozen)",
-            kind,
-            fmt(r["grad_norm"]),
-            fmt(r["grad_rms"]),
-            bar,
-            fmt(r["weight_norm"]),
-            fmt(r["update_ratio"]),
-        ]
-        if has_agn:
-            cells.append(fmt(r["act_grad_norm"]))
-        cells += [
-            fmt(r["act_std"]),
-            _pct(r["act_zero_frac"]),
-            _pct(r["act_sat_frac"]),
-            Text(f"{nf} steps", style="bold red") if nf else Text("0", style="dim"),
-        ]
-        table.add_row(*cells)
+        columns.append(
+            (2, "‖dL/dout‖", [fmt(r["act_grad_norm"]) for r in rows], {"justify": "right"})
+        )
+    columns += [
+        (10, "act std", [fmt(r["act_std"]) for r in rows], {"justify": "right"}),
+        (5, "zero", [_pct(r["act_zero_frac"]) for r in rows], {"justify": "right"}),
+        (4, "sat", [_pct(r["act_sat_frac"]) for r in rows], {"justify": "right"}),
+        (
+            6,
+            "NaN/Inf",
+            [
+                Text(f"{r['nonfinite_steps']} steps", style="bold red")
+                if r["nonfinite_steps"]
+                else Text("0", style="dim")
+                for r in rows
+            ],
+            {"justify": "right"},
+        ),
+    ]
+    keep = set(range(len(columns)))
+    if width is not None:
+
+        def cost(c: tuple[int, str, list[Any], dict[str, Any]]) -> int:
+            cells = [len(str(x)) for x in c[2]] + [len(c[1].split()[0])]
+            return max(cells) + 3  # padding and the rule between columns
+
+        by_priority = sorted(range(len(columns)), key=lambda i: -columns[i][0])
+        for i in by_priority:
+            if sum(cost(columns[j]) for j in keep) + 1 <= width or columns[i][0] == 0:
+                break
+            keep.discard(i)
+    dropped = [columns[i][1] for i in range(len(columns)) if i not in keep]
+    title = "layers (forward order), latest values"
+    if dropped:
+        title += f"  ·  wider terminal for: {', '.join(dropped)}"
+    table = Table(title=title, title_justify="left", expand=False)
+    kept = [c for i, c in enumerate(columns) if i in keep]
+    for _, header, _, opts in kept:
+        table.add_column(header, **opts)
+    for k in range(len(rows)):
+        table.add_row(*[c[2][k] for c in kept])
 
     scal = Table(title="scalars", title_justify="left")
     scal.add_column("name")
@@ -216,8 +250,8 @@ def run_summary(run: Run, *, max_events: int = 20) -> Any:
             title_justify="left",
         )
         ev.add_column("step", justify="right")
-        ev.add_column("kind")
-        ev.add_column("layer")
+        ev.add_column("kind", overflow="fold")  # narrow terminals: wrap, never an ellipsis
+        ev.add_column("layer", overflow="fold")
         ev.add_column("value", justify="right")
         ev.add_column("message", overflow="fold")
         for e in run.events[-max_events:]:
