@@ -56,7 +56,7 @@ def run_demo(
         results.append(result)
         if console is not None:
             console.rule(f"{name}  ({time.perf_counter() - t:.1f} s)")
-            print_result(console, result, max_rows=12)
+            print_result(console, result, max_rows=24)
             for label, findings in result.findings.items():
                 if findings:
                     worst = max(findings, key=lambda f: f.severity)

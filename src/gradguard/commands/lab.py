@@ -54,16 +54,42 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def print_result(console: Any, result: Any, max_rows: int = 40) -> None:
-    """Print an experiment's table (first ``max_rows`` rows) and reading with rich."""
+    """Print an experiment's table and reading with rich, fitted to the console.
+
+    Rows: those the experiment marks as key (``result.key["where"]``, e.g. depth_sweep's deepest
+    nets), else the first ``max_rows``. Columns: the key ones, else as many as fit the console's
+    width, in table order; the caption says what only the report shows.
+    """
     from rich.table import Table
 
+    where = result.key.get("where", {})
+    rows = [r for r in result.table if all(r.get(k) == v for k, v in where.items())] or result.table
+    rows = rows[:max_rows]
+    cells = {c: [_fmt(r.get(c)) for r in rows] for c in result.columns}
+    columns = [c for c in result.key.get("columns", result.columns) if c in cells]
+    width = getattr(console, "width", None) or 10_000
+    shown: list[str] = []
+    used = 1
+    for c in columns:  # table order: the first columns name the configuration
+        need = max([len(c)] + [len(x) for x in cells[c]]) + 3
+        if shown and used + need > width:
+            break
+        shown.append(c)
+        used += need
     table = Table(title=result.title, title_justify="left")
-    for col in result.columns:
-        table.add_column(col)
-    for row in result.table[:max_rows]:
-        table.add_row(*[_fmt(row.get(c)) for c in result.columns])
-    if len(result.table) > max_rows:
-        table.caption = f"{len(result.table) - max_rows} more rows in the report"
+    for c in shown:
+        table.add_column(c, no_wrap=True)
+    for k in range(len(rows)):
+        table.add_row(*[cells[c][k] for c in shown])
+    notes = []
+    if len(rows) < len(result.table):
+        kept = ", ".join(f"{k} = {v}" for k, v in where.items())
+        notes.append(f"{len(rows)} of {len(result.table)} rows" + (f" ({kept})" if kept else ""))
+    hidden = [c for c in result.columns if c not in shown]
+    if hidden:
+        notes.append(f"also in the report: {', '.join(hidden)}")
+    if notes:
+        table.caption = "; ".join(notes)
     console.print(table)
     console.print(result.reading)
 

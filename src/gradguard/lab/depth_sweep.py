@@ -189,6 +189,18 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
         runs=runs,
         params={**p, "quick": quick},
         elapsed_s=time.perf_counter() - t0,
+        # a terminal shows the deepest nets of the figures (<= 20 layers) and the key numbers
+        key={
+            "where": {"depth": deep},
+            "columns": [
+                "activation",
+                "init",
+                "depth",
+                "grad_first",
+                "grad_last_hidden",
+                "first_over_last",
+            ],
+        },
     )
 
 

@@ -29,6 +29,8 @@ class ExperimentResult:
             written to ``NAME/curves.json``.
         params: the preset / options it ran with.
         elapsed_s: wall time of the experiment.
+        key: what a terminal shows first: ``{"columns": [...], "where": {column: value}}``
+            (either may be missing); the report always shows the whole table.
     """
 
     name: str
@@ -42,3 +44,4 @@ class ExperimentResult:
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    key: dict[str, Any] = field(default_factory=dict)
