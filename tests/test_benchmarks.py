@@ -59,3 +59,16 @@ def test_diagnosis_calibration_runs_small() -> None:
     )
     lines = [line for line in out.splitlines() if line.startswith("| exploding_training: ")]
     assert len(lines) == 8 and all(line.count("|") == 10 for line in lines)
+
+
+def test_gpu_check_says_plainly_when_there_is_no_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():  # on a GPU machine run the real check instead
+        out = _run("benchmarks/gpu_check.py", "--sync-only")
+        assert "no host sync on the training path" in out
+        return
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 2 and "needs a CUDA device" in proc.stderr
