@@ -167,18 +167,18 @@ def _max_abs(tensors: list[torch.Tensor], fused: bool | None = None) -> torch.Te
     return torch.where(both.isnan().any(0), math.nan, both.amax(0))
 
 
-def _read_logged(scalars: Mapping[str, list[tuple[int, Any]]]) -> dict[int, float]:
-    """Host values of every tensor passed to ``log()`` since the last flush, keyed by ``id``:
-    stacked per device and read once, so a flush costs one sync per device, not one per value."""
-    by_device: dict[torch.device, list[torch.Tensor]] = {}
-    for vals in scalars.values():
-        for _, v in vals:
-            if isinstance(v, torch.Tensor):
-                by_device.setdefault(v.device, []).append(v)
-    out: dict[int, float] = {}
-    for tensors in by_device.values():
-        host = torch.stack([t.to(torch.float64) for t in tensors]).cpu().tolist()
-        out.update(zip(map(id, tensors), host))
+def _to_host(values: list[Any]) -> list[float]:
+    """Numbers and 0-d tensors as floats; the tensors are stacked per device and read once, so a
+    flush costs one sync per device, not one per value."""
+    out = [math.nan if isinstance(v, torch.Tensor) else float(v) for v in values]
+    by_device: dict[torch.device, list[int]] = {}
+    for i, v in enumerate(values):
+        if isinstance(v, torch.Tensor):
+            by_device.setdefault(v.device, []).append(i)
+    for idx in by_device.values():
+        host = torch.stack([values[i].to(torch.float64) for i in idx]).cpu().tolist()
+        for i, x in zip(idx, host):
+            out[i] = x
     return out
 
 
@@ -915,26 +915,15 @@ class Monitor:
                     batch.metrics[m] = (steps[mask], data[mask, j, :])
             if groups["grad"].any():
                 batch.scalars["grad_norm_total"] = (steps[groups["grad"]], gtotal[groups["grad"]])
-            if self.optimizer is not None:  # tensor lrs (capturable optimizers): one read, here
-                lr_host = _read_logged({"lr": list(enumerate(self._slot_lr))})
-                batch.scalars["lr"] = (
-                    steps,
-                    np.asarray(
-                        [
-                            lr_host[id(x)] if isinstance(x, torch.Tensor) else x
-                            for x in self._slot_lr
-                        ],
-                        dtype=np.float64,
-                    ),
-                )
-        host = _read_logged(self._scalars)  # every logged tensor: one host read per device
+            if self.optimizer is not None:  # tensor lrs (capturable optimizers): read here
+                batch.scalars["lr"] = (steps, np.asarray(_to_host(self._slot_lr)))
+        # every value passed to log() since the last flush: one host read per device
+        host = iter(_to_host([v for vals in self._scalars.values() for _, v in vals]))
         for k, vals in self._scalars.items():
             if vals:
                 batch.scalars[k] = _per_step_mean(
                     np.asarray([st for st, _ in vals], dtype=np.int64),
-                    np.asarray(
-                        [host[id(x)] if isinstance(x, torch.Tensor) else x for _, x in vals]
-                    ),
+                    np.asarray([next(host) for _ in vals]),
                 )
         batch.events = list(self._events)
         if not self._layers_written and (
@@ -1002,7 +991,8 @@ class Monitor:
         if w is None or w.failed is not None:
             return
         committed = w.committed
-        head, tail = self._window() if self.config.diagnose_online else (0, 0)
+        dcfg = self._diagnosis_config() if self.config.diagnose_online else None
+        head, tail = (dcfg.start_steps, dcfg.online_window) if dcfg is not None else (0, 0)
         for series in (self._mem_metrics, self._mem_scalars):
             for k, parts in series.items():
                 first, last = _ends(parts, head, tail)
@@ -1015,12 +1005,11 @@ class Monitor:
                     series[k] = kept
                     self._pruned = True
 
-    def _window(self) -> tuple[int, int]:
-        """Rows at the start and at the end of each series that online diagnosis reads."""
+    def _diagnosis_config(self) -> Any:
+        """The thresholds of online diagnosis (its window also bounds what memory keeps)."""
         from gradguard.diagnosis.config import DiagnosisConfig
 
-        dcfg = self.config.diagnosis or DiagnosisConfig()
-        return dcfg.start_steps, dcfg.online_window
+        return self.config.diagnosis or DiagnosisConfig()
 
     @property
     def run(self) -> Run:
@@ -1090,11 +1079,10 @@ class Monitor:
 
     def _diagnose_online(self) -> None:
         try:
-            from gradguard.diagnosis.config import DiagnosisConfig
             from gradguard.diagnosis.online import new_findings
         except ImportError:
             return
-        dcfg = self.config.diagnosis or DiagnosisConfig()
+        dcfg = self._diagnosis_config()
         run = self._tail_run(dcfg.start_steps, dcfg.online_window)
         for f in new_findings(run, self._findings_seen, config=dcfg):
             msg = f"gradguard: {f.severity.value} {f.kind}: {f.evidence}"
