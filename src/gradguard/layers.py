@@ -9,7 +9,9 @@ registers it and is counted once. Frozen parameters are listed but get no gradie
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -19,6 +21,7 @@ __all__ = [
     "LayerInfo",
     "discover_layers",
     "forward_order",
+    "has_skip_connection",
     "ACTIVATION_BOUNDS",
     "activation_bounds",
 ]
@@ -210,34 +213,31 @@ def has_skip_connection(output: object, *, max_nodes: int = 50_000, reach: int =
     root = getattr(output, "grad_fn", None)
     if root is None:
         return False
+    for node in _walk(root, max_nodes):
+        if type(node).__name__.startswith("AddBackward"):
+            nexts = [f for f, _ in node.next_functions if f is not None]
+            if len(nexts) == 2:
+                a, b = nexts
+                if _reaches(b, a, reach) or _reaches(a, b, reach):
+                    return True
+    return False
+
+
+def _walk(start: Any, limit: int) -> Iterator[Any]:
+    """The autograd nodes upstream of ``start`` (itself included), each once, at most ``limit``."""
     seen: set[object] = set()
-    stack = [root]
-    while stack and len(seen) < max_nodes:
+    stack = [start]
+    while stack and len(seen) < limit:
         node = stack.pop()
         if node in seen:
             continue
         seen.add(node)
-        nexts = [f for f, _ in node.next_functions if f is not None]
-        if type(node).__name__.startswith("AddBackward") and len(nexts) == 2:
-            a, b = nexts
-            if _reaches(b, a, reach) or _reaches(a, b, reach):
-                return True
-        stack.extend(nexts)
-    return False
+        yield node
+        stack.extend(f for f, _ in node.next_functions if f is not None)
 
 
-def _reaches(src: object, dst: object, limit: int) -> bool:
+def _reaches(src: Any, dst: Any, limit: int) -> bool:
     """Whether autograd node ``dst`` (not a leaf) lies upstream of ``src`` within ``limit`` nodes."""
     if type(dst).__name__ == "AccumulateGrad":
         return False
-    seen: set[object] = set()
-    frontier = [src]
-    while frontier and len(seen) < limit:
-        node = frontier.pop()
-        if node is dst:
-            return True
-        if node in seen:
-            continue
-        seen.add(node)
-        frontier.extend(f for f, _ in node.next_functions if f is not None)  # type: ignore[attr-defined]
-    return False
+    return any(node is dst for node in _walk(src, limit))
