@@ -38,7 +38,17 @@ import numpy as np
 
 from gradguard.errors import StoreError
 
-__all__ = ["Layer", "Event", "Run", "Store", "StoreWriter", "load", "list_runs", "SCHEMA_VERSION"]
+__all__ = [
+    "Layer",
+    "Event",
+    "Run",
+    "Store",
+    "StoreWriter",
+    "load",
+    "list_runs",
+    "delete_runs",
+    "SCHEMA_VERSION",
+]
 
 log = logging.getLogger("gradguard")
 
@@ -694,6 +704,3 @@ def delete_runs(path: str | os.PathLike[str], names: Sequence[str]) -> int:
         raise StoreError(f"could not delete runs from {str(p)!r} ({e})") from e
     finally:
         conn.close()
-
-
-__all__ += ["delete_runs"]

@@ -41,11 +41,7 @@ import numpy as np
 import torch
 
 from gradguard.errors import GradguardError
-from gradguard.integrations._common import (
-    final_findings,
-    run_closure_first,
-    unwrap_optimizer,
-)
+from gradguard.integrations._common import final_findings, run_closure_first, unwrap_optimizer
 from gradguard.monitor import Monitor
 from gradguard.store import Batch, Layer
 

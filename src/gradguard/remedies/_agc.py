@@ -43,7 +43,7 @@ class _DevicePlan:
         self.g, self.w, self.factor, self.tmp = torch.empty((4, n), dtype=torch.float32, device=dev)
         self.zeros = torch.zeros(n, dtype=torch.float32, device=dev)  # never written
         self.one = torch.ones((), dtype=torch.float32, device=dev)
-        # (tensor index, reduced dims, grad is fp32, weight view, grad view) per matrix
+        # (tensor index, reduced dims, grad-norm view, weight-norm view) per matrix
         self.mats: list[tuple[int, int | tuple[int, ...], torch.Tensor, torch.Tensor]] = []
         views: dict[int, torch.Tensor] = {}
         a = 0
@@ -149,9 +149,10 @@ class AGC(Clipper):
         for plan in plans:
             torch._foreach_mul_([grads[i] for i in plan.idx], plan.factor_views)
             parts_b.append(_vector_norm(plan.g).to(dev0))
-            parts_a.append(_vector_norm(plan.g * plan.factor).to(dev0))
+            if self._monitor is not None:
+                parts_a.append(_vector_norm(plan.g * plan.factor).to(dev0))
         before = _vector_norm(torch.stack(parts_b))
-        after = _vector_norm(torch.stack(parts_a)) if self._monitor is not None else None
+        after = _vector_norm(torch.stack(parts_a)) if parts_a else None
         return before, after
 
     def _config(self) -> dict[str, Any]:
