@@ -62,20 +62,21 @@ def print_result(console: Any, result: Any, max_rows: int = 40) -> None:
     """
     from rich.table import Table
 
+    from gradguard.report.terminal import fit_columns
+
     where = result.key.get("where", {})
     rows = [r for r in result.table if all(r.get(k) == v for k, v in where.items())] or result.table
     rows = rows[:max_rows]
     cells = {c: [_fmt(r.get(c)) for r in rows] for c in result.columns}
     columns = [c for c in result.key.get("columns", result.columns) if c in cells]
-    width = getattr(console, "width", None) or 10_000
-    shown: list[str] = []
-    used = 1
-    for c in columns:  # table order: the first columns name the configuration
-        need = max([len(c)] + [len(x) for x in cells[c]]) + 3
-        if shown and used + need > width:
-            break
-        shown.append(c)
-        used += need
+    # table order: the first columns name the configuration, the last ones go first
+    kept = fit_columns(
+        [max([len(c)] + [len(x) for x in cells[c]]) for c in columns],
+        getattr(console, "width", None),
+        drop_order=range(len(columns) - 1, -1, -1),
+        keep=[0],
+    )
+    shown = [c for i, c in enumerate(columns) if i in kept]
     table = Table(title=result.title, title_justify="left")
     for c in shown:
         table.add_column(c, no_wrap=True)
@@ -83,8 +84,8 @@ def print_result(console: Any, result: Any, max_rows: int = 40) -> None:
         table.add_row(*[cells[c][k] for c in shown])
     notes = []
     if len(rows) < len(result.table):
-        kept = ", ".join(f"{k} = {v}" for k, v in where.items())
-        notes.append(f"{len(rows)} of {len(result.table)} rows" + (f" ({kept})" if kept else ""))
+        which = ", ".join(f"{k} = {v}" for k, v in where.items())
+        notes.append(f"{len(rows)} of {len(result.table)} rows" + (f" ({which})" if which else ""))
     hidden = [c for c in result.columns if c not in shown]
     if hidden:
         notes.append(f"also in the report: {', '.join(hidden)}")

@@ -7,13 +7,14 @@ Compute and present stay apart: :func:`layer_rows` and :func:`flow_bars` compute
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
 
 from gradguard.store import Run
 
-__all__ = ["latest", "layer_rows", "flow_bars", "sparkline", "run_summary", "fmt"]
+__all__ = ["latest", "layer_rows", "flow_bars", "sparkline", "run_summary", "fit_columns", "fmt"]
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
@@ -127,6 +128,35 @@ def sparkline(values: np.ndarray, width: int = 32) -> str:
     return "".join(out)
 
 
+def fit_columns(
+    needs: Sequence[int], width: int | None, drop_order: Sequence[int], keep: Collection[int] = ()
+) -> set[int]:
+    """The columns of a rich table that fit in ``width``.
+
+    Args:
+        needs: each column's widest cell (or header), in characters.
+        width: the console width; None keeps every column.
+        drop_order: column indices, the first to drop first.
+        keep: columns never dropped.
+
+    Returns:
+        The indices kept: columns are dropped in ``drop_order`` until the table (3 characters of
+        padding and rule per column, plus one) fits.
+
+    >>> sorted(fit_columns([10, 10, 10], 30, drop_order=[2, 1, 0], keep=[0]))
+    [0, 1]
+    """
+    shown = set(range(len(needs)))
+    if width is None:
+        return shown
+    for i in drop_order:
+        if sum(needs[j] + 3 for j in shown) + 1 <= width:
+            break
+        if i not in keep:
+            shown.discard(i)
+    return shown
+
+
 def run_summary(run: Run, *, max_events: int = 20, width: int | None = None) -> Any:
     """A rich renderable summarising a run: header, per-layer table with flow bars, scalars, events.
 
@@ -200,18 +230,16 @@ def run_summary(run: Run, *, max_events: int = 20, width: int | None = None) -> 
             {"justify": "right"},
         ),
     ]
-    keep = set(range(len(columns)))
-    if width is not None:
-
-        def cost(c: tuple[int, str, list[Any], dict[str, Any]]) -> int:
-            cells = [len(str(x)) for x in c[2]] + [len(c[1].split()[0])]
-            return max(cells) + 3  # padding and the rule between columns
-
-        by_priority = sorted(range(len(columns)), key=lambda i: -columns[i][0])
-        for i in by_priority:
-            if sum(cost(columns[j]) for j in keep) + 1 <= width or columns[i][0] == 0:
-                break
-            keep.discard(i)
+    # a header may wrap at its spaces: its first word is what it needs
+    needs = [
+        max([len(str(x)) for x in cells] + [len(head.split()[0])]) for _, head, cells, _ in columns
+    ]
+    keep = fit_columns(
+        needs,
+        width,
+        drop_order=sorted(range(len(columns)), key=lambda i: -columns[i][0]),
+        keep=[i for i, c in enumerate(columns) if c[0] == 0],
+    )
     dropped = [columns[i][1] for i in range(len(columns)) if i not in keep]
     title = "layers (forward order), latest values"
     if dropped:
