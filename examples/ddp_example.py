@@ -3,7 +3,7 @@
     python examples/ddp_example.py && gradguard show runs/ddp.db
 
 gg.watch sees that torch.distributed is initialised and combines per-layer numbers across ranks
-(gradguard.distributed.DistributedReducer): gradient norms are those of the all-reduced gradients,
+(gradguard.record.reduce.DistributedReducer): gradient norms are those of the all-reduced gradients,
 activation statistics cover every rank's data, and only rank 0 writes the store. Scalars given to
 ``mon.log`` are not reduced (rank 0's are stored), so the loss is all-reduced here first: the stored
 ``loss`` is the mean over ranks, the loss of the global batch.

@@ -3,7 +3,7 @@
     python examples/fsdp2_example.py && gradguard show runs/fsdp2.db
 
 Each Linear and the root are sharded with ``fully_shard``: parameters and gradients are DTensors and
-every rank holds one shard. gg.watch picks gradguard.distributed.DistributedReducer by itself; each
+every rank holds one shard. gg.watch picks gradguard.record.reduce.DistributedReducer by itself; each
 layer's norm is that of the full tensor (the shards' squared norms are summed across ranks), and
 only rank 0 writes the store. The loss is all-reduced before it is logged (``mon.log`` stores rank 0's
 values as they are), so the stored ``loss`` is the mean over ranks.

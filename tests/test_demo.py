@@ -17,7 +17,7 @@ import pytest
 
 import gradguard as gg
 from gradguard import lab
-from gradguard.store import list_runs
+from gradguard.runs.store import list_runs
 from tests.conftest import DemoRun
 
 

@@ -12,8 +12,8 @@ from torch import nn
 
 import gradguard as gg
 from gradguard.diagnosis import Finding, diagnose
-from gradguard.diagnosis._structure import residual_hint
-from gradguard.store import Layer, Run
+from gradguard.model.structure import residual_hint
+from gradguard.runs.store import Layer, Run
 
 
 class ResBlock(nn.Module):

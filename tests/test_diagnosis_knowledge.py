@@ -150,7 +150,7 @@ def _api_problems(how: str) -> list[str]:
     import re
 
     import gradguard as gg
-    from gradguard.config import WatchConfig
+    from gradguard.record.config import WatchConfig
 
     problems: list[str] = []
 

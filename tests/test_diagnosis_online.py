@@ -14,7 +14,7 @@ import gradguard as gg
 from gradguard.diagnosis import DiagnosisConfig, Finding, Severity
 from gradguard.diagnosis.online import key, new_findings
 from gradguard.errors import ConfigError
-from gradguard.store import Layer, Run
+from gradguard.runs.store import Layer, Run
 from tests.test_diagnosis_real import mlp, record
 
 

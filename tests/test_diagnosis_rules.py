@@ -10,7 +10,7 @@ import pytest
 
 from gradguard.diagnosis import DiagnosisConfig, Finding, Severity, diagnose
 from gradguard.errors import ConfigError
-from gradguard.store import Layer, Run
+from gradguard.runs.store import Layer, Run
 
 L, S = 10, 20
 

@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import gradguard as gg
-from gradguard.distributed import DistributedReducer, replication_factor
-from gradguard.monitor import Reducer
+from gradguard.record.monitor import Reducer
+from gradguard.record.reduce import DistributedReducer, replication_factor
 
 WORLD = 2
 STEPS = 3

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import gradguard as gg
 from gradguard.integrations.lightning import GradguardCallback
-from gradguard.monitor import Reducer
+from gradguard.record.monitor import Reducer
 
 N_BATCHES = 4  # per epoch, batch size 4
 

@@ -453,7 +453,7 @@ def test_forward_order_places_functionally_used_layers_after_their_parent() -> N
 def test_store_keeps_one_averaged_value_per_step_and_auto_flush_does_not_wait(
     tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gradguard.store import StoreWriter
+    from gradguard.runs.store import StoreWriter
 
     waits: list[bool] = []
     submit = StoreWriter.submit
@@ -489,7 +489,7 @@ def test_store_keeps_one_averaged_value_per_step_and_auto_flush_does_not_wait(
 @pytest.mark.parametrize("fused", [False, True])
 def test_max_abs_kernels_agree_on_nan_inf_empty_and_half(fused: bool) -> None:
     # fused=True is the accelerator path (one _foreach_norm(inf)); run on CPU tensors here
-    from gradguard.monitor import _max_abs
+    from gradguard.record.monitor import _max_abs
 
     tensors = [
         torch.tensor([1.0, -3.0, 2.0]),

@@ -16,7 +16,7 @@ import torch
 import gradguard as gg
 from gradguard.diagnosis.finding import Finding, Remedy, Severity
 from gradguard.report.html import render_run, write_report
-from gradguard.store import Event, Layer, Run
+from gradguard.runs.store import Event, Layer, Run
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 GOLDEN = Path(__file__).parent / "golden"

@@ -13,8 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import gradguard as gg
+from gradguard.runs.store import Batch
 from gradguard.sinks.tensorboard import TensorBoardSink, layer_tag
-from gradguard.store import Batch
 
 STEPS = 5
 
@@ -147,7 +147,7 @@ def test_bad_histograms_every_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_non_finite_values_are_not_points(tmp_path: Path) -> None:
-    from gradguard.store import Layer
+    from gradguard.runs.store import Layer
 
     sink = TensorBoardSink(tmp_path)
     layers = [Layer(0, "a", "Linear", 3, True), Layer(1, "b", "Linear", 3, True)]
@@ -186,7 +186,7 @@ def test_layout_gets_a_chart_for_metrics_that_first_appear_later(tmp_path: Path)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     # details (activations, update ratio) at step 3 only: the first flush (steps 0-1) has none
-    detail = gg.schedules.every(10, start=3)
+    detail = gg.every(10, start=3)
     mon = gg.watch(
         model,
         opt,
@@ -211,7 +211,7 @@ def test_layout_gets_a_chart_for_metrics_that_first_appear_later(tmp_path: Path)
 
 
 def test_layout_rewritten_only_for_new_metrics(tmp_path: Path) -> None:
-    from gradguard.store import Layer
+    from gradguard.runs.store import Layer
 
     sink = TensorBoardSink(tmp_path)
     layers = [Layer(0, "a", "Linear", 3, True)]

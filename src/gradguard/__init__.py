@@ -18,12 +18,12 @@ logging.getLogger("gradguard").addHandler(logging.NullHandler())
 
 # name -> module that defines it; imported on first use so `import gradguard` stays cheap.
 _LAZY = {
-    "watch": "gradguard.monitor",
-    "Monitor": "gradguard.monitor",
-    "WatchConfig": "gradguard.config",
-    "load": "gradguard.store",
-    "Run": "gradguard.store",
-    "Store": "gradguard.store",
+    "watch": "gradguard.record.monitor",
+    "Monitor": "gradguard.record.monitor",
+    "WatchConfig": "gradguard.record.config",
+    "load": "gradguard.runs.store",
+    "Run": "gradguard.runs.store",
+    "Store": "gradguard.runs.store",
     "diagnose": "gradguard.diagnosis",
     "Finding": "gradguard.diagnosis.finding",
     "Severity": "gradguard.diagnosis.finding",
@@ -34,8 +34,8 @@ _LAZY = {
     "Guard": "gradguard.remedies.guard",
     "locate_nonfinite": "gradguard.remedies.locate",
     "GradguardError": "gradguard.errors",
-    "every": "gradguard.schedules",
-    "log_spaced": "gradguard.schedules",
+    "every": "gradguard.record.schedules",
+    "log_spaced": "gradguard.record.schedules",
 }
 _SUBMODULES = {"clip": "gradguard.remedies.clip", "theory": "gradguard.theory"}
 

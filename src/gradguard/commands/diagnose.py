@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gradguard.diagnosis import diagnose
-    from gradguard.store import load
+    from gradguard.runs.store import load
 
     if args.fail_on is not None and args.fail_on not in _FAIL_ON:
         raise ConfigError(

@@ -29,7 +29,7 @@ def _default_output(store: str, name: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from gradguard.report.html import check_output_path, render_run, write_report
-    from gradguard.store import load
+    from gradguard.runs.store import load
 
     rec = load(args.store, args.name)  # StoreError (a GradguardError) on a missing or foreign file
     # check the output directory before the (seconds-long) rendering

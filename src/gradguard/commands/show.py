@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from gradguard.report.terminal import run_summary
-    from gradguard.store import list_runs, load
+    from gradguard.runs.store import list_runs, load
 
     console = Console(width=args.width)
     if args.list:

@@ -6,7 +6,7 @@ from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.errors import ConfigError
-from gradguard.store import Run
+from gradguard.runs.store import Run
 
 __all__ = ["diagnose"]
 
@@ -15,7 +15,7 @@ def diagnose(run: Run, *, config: DiagnosisConfig | None = None) -> list[Finding
     """Diagnose a recorded run: findings with evidence, cause and ranked remedies.
 
     Args:
-        run: a :class:`~gradguard.store.Run` (``gg.load(path)``, ``mon.run`` or
+        run: a :class:`~gradguard.runs.store.Run` (``gg.load(path)``, ``mon.run`` or
             ``Run.from_arrays(...)``).
         config: thresholds; :class:`DiagnosisConfig` defaults when None.
 

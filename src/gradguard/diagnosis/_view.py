@@ -14,7 +14,7 @@ from gradguard.diagnosis._stats import log_profile, nanmedian, theil_sen, window
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Remedy
 from gradguard.diagnosis.knowledge import remedies_for
-from gradguard.store import Run
+from gradguard.runs.store import Run
 
 __all__ = ["RunView", "DepthFit"]
 
@@ -52,7 +52,7 @@ class DepthFit:
 
 
 class RunView:
-    """Precomputed, crash-free views of a :class:`~gradguard.store.Run` for the rules."""
+    """Precomputed, crash-free views of a :class:`~gradguard.runs.store.Run` for the rules."""
 
     def __init__(self, run: Run, config: DiagnosisConfig) -> None:
         self.run = run
@@ -179,7 +179,7 @@ class RunView:
 
         ``optimizer`` and ``has_residual`` come from the run's config, which the Monitor fills
         at watch time (the optimizer's class name; ``residual`` from the module class names, see
-        :mod:`gradguard.diagnosis._structure`), for stored and in-memory runs alike.
+        :mod:`gradguard.model.structure`), for stored and in-memory runs alike.
         """
         kinds = {lay.kind for lay in self.run.layers}
         opt = self.run.config.get("optimizer")

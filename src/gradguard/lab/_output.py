@@ -41,7 +41,7 @@ def save_result(
     Returns:
         The experiment's directory ``out/NAME``.
     """
-    from gradguard.store import delete_runs
+    from gradguard.runs.store import delete_runs
 
     root = _dir(out)
     here = write_files(result, root)
@@ -80,7 +80,7 @@ def save_runs(results: Sequence[ExperimentResult], path: str | os.PathLike[str])
     A run is stored under its label (e.g. ``"relu/he/depth20"``); a label already used in this
     call is prefixed with its experiment's name.
     """
-    from gradguard.store import Batch, Store
+    from gradguard.runs.store import Batch, Store
 
     store = Store(path)
     try:

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradguard._preflight_state import PreservedState
 from gradguard.errors import GradguardError
+from gradguard.preflight.state import PreservedState
 from gradguard.remedies._activations import run_model
 from gradguard.remedies._checks import check_module
 from gradguard.remedies._tensor_stats import TensorStats, iter_tensors

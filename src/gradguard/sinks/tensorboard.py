@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from gradguard.errors import GradguardError
-from gradguard.store import Batch, Event, Layer
+from gradguard.model.tensors import local
+from gradguard.runs.store import Batch, Event, Layer
 
 __all__ = ["TensorBoardSink", "layer_tag"]
 
@@ -167,8 +168,8 @@ class TensorBoardSink:
             info = by_name.get(lay.name)
             if info is None:
                 continue
-            tensors = [_local(p.detach()) for _, p in info.params]
-            grads = [_local(p.grad) for _, p in info.params if p.grad is not None]
+            tensors = [local(p.detach()) for _, p in info.params]
+            grads = [local(p.grad) for _, p in info.params if p.grad is not None]
             self._histogram(f"weights/{lay.index:02d}_{_UNSAFE.sub('_', lay.name)}", tensors, step)
             self._histogram(f"grads/{lay.index:02d}_{_UNSAFE.sub('_', lay.name)}", grads, step)
 
@@ -191,8 +192,3 @@ class TensorBoardSink:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    to_local = getattr(t, "to_local", None)
-    return to_local() if callable(to_local) else t

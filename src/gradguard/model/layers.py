@@ -9,22 +9,13 @@ registers it and is counted once. Frozen parameters are listed but get no gradie
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import nn
 
 from gradguard.errors import GradguardError
 
-__all__ = [
-    "LayerInfo",
-    "discover_layers",
-    "forward_order",
-    "has_skip_connection",
-    "ACTIVATION_BOUNDS",
-    "activation_bounds",
-]
+__all__ = ["ROOT_NAME", "LayerInfo", "discover_layers", "forward_order"]
 
 ROOT_NAME = "(root)"
 
@@ -106,61 +97,6 @@ def discover_layers(model: nn.Module) -> list[LayerInfo]:
     return layers
 
 
-# Activations whose outputs are bounded, and their bounds: a unit is "saturated" when its output lies
-# within 1% of a bound (relative to the bound's magnitude, or of the range when the bound is 0).
-ACTIVATION_BOUNDS: dict[str, tuple[float, float]] = {
-    "Tanh": (-1.0, 1.0),
-    "Sigmoid": (0.0, 1.0),
-    "Hardsigmoid": (0.0, 1.0),
-    "Softsign": (-1.0, 1.0),
-    "Hardtanh": (-1.0, 1.0),
-    "ReLU6": (0.0, 6.0),
-    "LogSigmoid": (float("-inf"), 0.0),
-}
-
-# Elementwise activation modules that may follow a layer; their output is where activation
-# statistics (zero and saturated fractions) mean something.
-ACTIVATION_KINDS = frozenset(
-    {
-        *ACTIVATION_BOUNDS,
-        "ReLU",
-        "LeakyReLU",
-        "PReLU",
-        "RReLU",
-        "ELU",
-        "CELU",
-        "SELU",
-        "GELU",
-        "SiLU",
-        "Mish",
-        "Softplus",
-        "Hardswish",
-        "Tanhshrink",
-        "Softshrink",
-        "Hardshrink",
-        "Threshold",
-    }
-)
-
-
-def activation_bounds(module: nn.Module) -> tuple[float, float] | None:
-    """The (low, high) bounds of a bounded activation module, else None."""
-    kind = type(module).__name__
-    if kind == "Hardtanh" or isinstance(module, nn.Hardtanh):
-        return (float(module.min_val), float(module.max_val))  # type: ignore[attr-defined,arg-type]
-    bounds = ACTIVATION_BOUNDS.get(kind)
-    if bounds is None or not all(abs(b) < float("inf") for b in bounds):
-        return None
-    return bounds
-
-
-def saturation_tolerance(bounds: tuple[float, float]) -> tuple[float, float]:
-    """Thresholds (low + tol, high - tol) for 'within 1% of the bounds'."""
-    lo, hi = bounds
-    tol = 0.01 * max(abs(lo), abs(hi), 1e-12)
-    return lo + tol, hi - tol
-
-
 def forward_order(layers: list[LayerInfo], seen: list[int]) -> list[int]:
     """Layer indices in forward order, from the indices ``seen`` (first forward pass, pre-hook order).
 
@@ -192,52 +128,3 @@ def forward_order(layers: list[LayerInfo], seen: list[int]) -> list[int]:
         pos = max(k for k, i in enumerate(order) if i == anc or inside(name_of[i], name_of[anc]))
         order.insert(pos + 1, lay.index)
     return order + tail
-
-
-def has_skip_connection(output: object, *, max_nodes: int = 50_000, reach: int = 512) -> bool:
-    """Whether the autograd graph behind ``output`` adds a tensor to a function of itself.
-
-    A skip connection ``h + f(h)`` is an add node one of whose inputs is reachable from the other
-    (through ``f``'s graph). Parameters (graph leaves) do not count: ``w + g(w)`` is a
-    reparametrisation, and two independent branches summed (token + position embeddings, a
-    recurrent ``W x_t + U h_{t-1}``) share only leaves. Weighted skips (``a*h + f(h)``) are not
-    seen. Reads the graph once (the first forward pass), at most ``max_nodes`` nodes and
-    ``reach`` nodes per add; no graph (``no_grad``) gives False.
-
-    >>> import torch
-    >>> x = torch.randn(3, requires_grad=True)
-    >>> h = torch.tanh(x)
-    >>> has_skip_connection(h + torch.sin(h)), has_skip_connection(torch.sin(h) + torch.cos(x))
-    (True, False)
-    """
-    root = getattr(output, "grad_fn", None)
-    if root is None:
-        return False
-    for node in _walk(root, max_nodes):
-        if type(node).__name__.startswith("AddBackward"):
-            nexts = [f for f, _ in node.next_functions if f is not None]
-            if len(nexts) == 2:
-                a, b = nexts
-                if _reaches(b, a, reach) or _reaches(a, b, reach):
-                    return True
-    return False
-
-
-def _walk(start: Any, limit: int) -> Iterator[Any]:
-    """The autograd nodes upstream of ``start`` (itself included), each once, at most ``limit``."""
-    seen: set[object] = set()
-    stack = [start]
-    while stack and len(seen) < limit:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        yield node
-        stack.extend(f for f, _ in node.next_functions if f is not None)
-
-
-def _reaches(src: Any, dst: Any, limit: int) -> bool:
-    """Whether autograd node ``dst`` (not a leaf) lies upstream of ``src`` within ``limit`` nodes."""
-    if type(dst).__name__ == "AccumulateGrad":
-        return False
-    return any(node is dst for node in _walk(src, limit))

@@ -14,35 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradguard.layers import (
-    ACTIVATION_KINDS,
-    LayerInfo,
-    activation_bounds,
-    saturation_tolerance,
-)
+from gradguard.model.activations import ACTIVATION_KINDS, activation_bounds, saturation_tolerance
+from gradguard.model.layers import LayerInfo
+from gradguard.model.tensors import first_tensor
 
-__all__ = ["Call", "Observed", "observe_forward", "first_tensor"]
-
-
-def first_tensor(x: Any) -> torch.Tensor | None:
-    """The tensor a module call produced: itself, the first in a tuple/list, 'logits' in a dict."""
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, dict) or hasattr(x, "logits"):
-        logits = x.get("logits") if isinstance(x, dict) else getattr(x, "logits", None)
-        if isinstance(logits, torch.Tensor):
-            return logits
-        values = x.values() if isinstance(x, dict) else ()
-        for v in values:
-            t = first_tensor(v)
-            if t is not None:
-                return t
-    if isinstance(x, tuple | list):
-        for v in x:
-            t = first_tensor(v)
-            if t is not None:
-                return t
-    return None
+__all__ = ["Call", "Observed", "observe_forward"]
 
 
 @dataclass

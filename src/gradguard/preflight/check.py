@@ -31,13 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradguard._preflight_jacobian import JacobianStats, jacobian_stats
-from gradguard._preflight_measure import Observed, first_tensor, observe_forward
-from gradguard._preflight_state import PreservedState
-from gradguard._preflight_verdict import VERDICTS, findings_for
 from gradguard.diagnosis.finding import Finding
 from gradguard.errors import GradguardError
-from gradguard.layers import discover_layers
+from gradguard.model.layers import discover_layers
+from gradguard.model.tensors import first_tensor
+from gradguard.preflight.jacobian import JacobianStats, jacobian_stats
+from gradguard.preflight.observe import Observed, observe_forward
+from gradguard.preflight.state import PreservedState
+from gradguard.preflight.verdict import VERDICTS, findings_for
 
 __all__ = ["check", "CheckReport", "LayerRow", "JacobianStats"]
 
@@ -463,7 +464,7 @@ def _gradients(
 
 
 def _bounded(module: nn.Module) -> bool:
-    from gradguard.layers import activation_bounds
+    from gradguard.model.activations import activation_bounds
 
     return activation_bounds(module) is not None
 

@@ -38,18 +38,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradguard.config import WatchConfig, resolve_config
 from gradguard.errors import GradguardError
-from gradguard.layers import (
-    ACTIVATION_KINDS,
-    LayerInfo,
-    activation_bounds,
-    discover_layers,
-    forward_order,
-    has_skip_connection,
-    saturation_tolerance,
-)
-from gradguard.store import Batch, Event, Layer, Run, Store, StoreWriter, load
+from gradguard.model.activations import ACTIVATION_KINDS, activation_bounds, saturation_tolerance
+from gradguard.model.layers import LayerInfo, discover_layers, forward_order
+from gradguard.model.structure import has_skip_connection, residual_hint
+from gradguard.model.tensors import first_tensor, local
+from gradguard.record.config import WatchConfig, resolve_config
+from gradguard.runs.store import Batch, Event, Layer, Run, Store, StoreWriter, load
 
 __all__ = ["Monitor", "watch", "METRICS", "Reducer"]
 
@@ -109,16 +104,10 @@ def _default_reducer() -> Reducer:
     """The torch.distributed reducer when a process group with several ranks is up, else the no-op."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from gradguard.distributed import DistributedReducer
+        from gradguard.record.reduce import DistributedReducer
 
         return DistributedReducer()
     return Reducer()
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor (FSDP2), else the tensor itself."""
-    to_local = getattr(t, "to_local", None)
-    return to_local() if callable(to_local) else t
 
 
 _BLAS_DTYPES = (torch.float32, torch.float64)
@@ -245,18 +234,6 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _first_tensor(x: Any) -> torch.Tensor | None:
-    """``x`` itself, or the first item of a tuple/list, or the first value of a mapping (a
-    Hugging Face ModelOutput), when it is a tensor."""
-    if isinstance(x, torch.Tensor):
-        return x
-    if isinstance(x, Mapping):
-        x = list(x.values())
-    if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
-        return x[0]
-    return None
-
-
 def _environment(device: torch.device) -> dict[str, Any]:
     from gradguard import __version__
 
@@ -283,7 +260,7 @@ class Monitor:
     Create it with :func:`watch`. Use as a context manager or call :meth:`close`.
 
     Attributes:
-        layers: the watched layers (:class:`~gradguard.layers.LayerInfo`), registration order.
+        layers: the watched layers (:class:`~gradguard.model.layers.LayerInfo`), registration order.
         step_count: optimizer steps counted so far.
         run_name: the run's name in the store.
     """
@@ -318,7 +295,7 @@ class Monitor:
         self.model = model
         self.optimizer = optimizer
         self.layers: list[LayerInfo] = discover_layers(model)
-        # torch.distributed up with several ranks: numbers are combined across ranks (gradguard.distributed)
+        # torch.distributed up with several ranks: numbers are combined across ranks (gradguard.record.reduce)
         self.reducer = reducer or _default_reducer()
         self.reducer.bind(self.layers)
         self.sinks = list(sinks or [])  # each has write(batch, layers) and close(); fed at flush
@@ -331,7 +308,7 @@ class Monitor:
 
         L = len(self.layers)
         first = next(p for lay in self.layers for _, p in lay.params)
-        self.device = _local(first).device
+        self.device = local(first).device
         self._order: list[int] | None = None  # forward order (registration indices), once seen
         self._activation_of: dict[
             int, nn.Module
@@ -397,8 +374,6 @@ class Monitor:
         self._residual_from_user = "residual" in cfg
         self._config_changed = False  # the config learned something after it was stored
         if "residual" not in cfg:  # the user's run_config={"residual": ...} wins
-            from gradguard.diagnosis._structure import residual_hint
-
             hint = residual_hint(model)  # class names only, see docs/diagnosis.md
             cfg["residual"] = hint is not None
             if hint is not None:
@@ -463,7 +438,7 @@ class Monitor:
 
     def _trace_post(self, idx: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            out = _first_tensor(output)
+            out = first_tensor(output)
             if out is not None:
                 self._trace_outputs[id(out)] = idx
                 self._trace_keep.append(out)
@@ -472,7 +447,7 @@ class Monitor:
 
     def _trace_act(self, act: nn.Module) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            inp = _first_tensor(args)
+            inp = first_tensor(args)
             if inp is not None and id(inp) in self._trace_outputs:
                 self._activation_of.setdefault(self._trace_outputs[id(inp)], act)
 
@@ -491,7 +466,7 @@ class Monitor:
     def _look_for_skips(self, output: Any) -> None:
         """Skip connections seen in the first forward's autograd graph go into the run's config
         (the remedies then do not suggest adding them); stored with the next flush."""
-        if has_skip_connection(_first_tensor(output)):
+        if has_skip_connection(first_tensor(output)):
             self._run_config["residual"] = True
             self._run_config["residual_module"] = "autograd graph (h + f(h))"
             self._config_changed = True
@@ -635,8 +610,8 @@ class Monitor:
         for i, (_, p) in enumerate(self._tparams):
             if p.grad is not None:
                 present.append(i)
-                grads.append(_local(p.grad))
-        weights = [_local(p.detach()) for _, p in self._params]
+                grads.append(local(p.grad))
+        weights = [local(p.detach()) for _, p in self._params]
         # (P,) norms of every weight; one batched kernel per norm kind.
         wsq = _sumsq(weights)
         sums = torch.zeros((2, L), dtype=torch.float64, device=self.device)  # grad, weight sumsq
@@ -670,7 +645,7 @@ class Monitor:
         self._slot_groups[slot].add("grad")
 
     def _snapshot(self) -> None:
-        weights = [_local(p.detach()) for _, p in self._params]
+        weights = [local(p.detach()) for _, p in self._params]
         if self._before is None:
             self._before = [w.clone() for w in weights]
         else:
@@ -678,7 +653,7 @@ class Monitor:
 
     def _update_ratio(self, slot: int) -> None:
         assert self._before is not None
-        weights = [_local(p.detach()) for _, p in self._params]
+        weights = [local(p.detach()) for _, p in self._params]
         L = len(self.layers)
         # ||w_before|| is this step's weight_norm when the optimizer's pre-hook took it (the same
         # weights the snapshot holds): one pass over the weights fewer
@@ -713,7 +688,7 @@ class Monitor:
 
     def _layer_hook(self, idx: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            out = _first_tensor(output)
+            out = first_tensor(output)
             if out is None or not out.is_floating_point():
                 return
             try:
@@ -732,7 +707,7 @@ class Monitor:
         bounds = activation_bounds(act)
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            inp, out = _first_tensor(args), _first_tensor(output)
+            inp, out = first_tensor(args), first_tensor(output)
             if inp is None or out is None or not out.is_floating_point():
                 return
             hit = self._outputs.get(id(inp))
@@ -750,7 +725,7 @@ class Monitor:
     ) -> None:
         # Moments from sums and sums of squares: std_mean is 12-35x slower on CPU (PERF-NOTES).
         # Each statistic is one pass over y; no host read, no host-to-device copy.
-        y = _local(y)
+        y = local(y)
         n = y.numel()
         # fp32 sums are cascaded (relative error ~1e-7 of the sum of |y|); sum(dtype=float64)
         # converts a copy of y first on CPU, which costs more than every other statistic together
@@ -777,7 +752,7 @@ class Monitor:
     def _grad_hook(self, idx: int) -> Callable[[torch.Tensor], None]:
         def hook(g: torch.Tensor) -> None:
             try:
-                self._act[idx, _A_GRADSQ].add_(_sumsq([_local(g)])[0].to(self.device))
+                self._act[idx, _A_GRADSQ].add_(_sumsq([local(g)])[0].to(self.device))
             except Exception as e:
                 self._fail("activations", e)
 
@@ -1013,7 +988,7 @@ class Monitor:
 
     @property
     def run(self) -> Run:
-        """Everything flushed so far, as a :class:`~gradguard.store.Run`.
+        """Everything flushed so far, as a :class:`~gradguard.runs.store.Run`.
 
         Without a store (or while memory holds all of it) it is built from memory; once older
         parts live only in the store, the store's committed part is read back and what is not
@@ -1187,14 +1162,14 @@ def watch(
         store: path of the SQLite store file (created if missing); None keeps the run in memory
             (``mon.run``).
         name: the run's name in the store (default ``run-N``).
-        config: a :class:`~gradguard.config.WatchConfig` or a preset: "light", "default", "full".
+        config: a :class:`~gradguard.record.config.WatchConfig` or a preset: "light", "default", "full".
         clip: a ``gg.clip`` clipper whose clips are recorded (norm before and after).
         guard: a ``gg.Guard`` whose skipped steps are recorded as events.
         on_finding: called with each new online finding of severity >= warning.
         sinks: objects with ``write(batch, layers)`` and ``close()`` fed at each flush (e.g.
             ``gradguard.sinks.tensorboard.TensorBoardSink``); a failing sink is reported once and dropped.
         reducer: how per-layer numbers are combined across processes; default: a
-            ``gradguard.distributed.DistributedReducer`` when torch.distributed is initialised with
+            ``gradguard.record.reduce.DistributedReducer`` when torch.distributed is initialised with
             several ranks, else none (pass ``Reducer()`` to keep each rank's own numbers).
         **options: overrides of WatchConfig fields, e.g. ``detail_every=50``, ``flush_every=500``.
 

@@ -40,8 +40,8 @@ import torch
 import torch.distributed as dist
 
 from gradguard.errors import GradguardError
-from gradguard.layers import LayerInfo
-from gradguard.monitor import _A_GRADSQ, Reducer
+from gradguard.model.layers import LayerInfo
+from gradguard.record.monitor import _A_GRADSQ, Reducer
 
 __all__ = ["DistributedReducer", "replication_factor"]
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from gradguard.errors import ConfigError
-from gradguard.schedules import Schedule, as_schedule, every, never
+from gradguard.record.schedules import Schedule, as_schedule, every, never
 
 if TYPE_CHECKING:
     from gradguard.diagnosis.config import DiagnosisConfig

@@ -1,0 +1,1 @@
+"""Stage 2: runs -- the Run read back, the SQLite store, its background writer, the run log."""
