@@ -489,7 +489,7 @@ def test_store_keeps_one_averaged_value_per_step_and_auto_flush_does_not_wait(
 @pytest.mark.parametrize("fused", [False, True])
 def test_max_abs_kernels_agree_on_nan_inf_empty_and_half(fused: bool) -> None:
     # fused=True is the accelerator path (one _foreach_norm(inf)); run on CPU tensors here
-    from gradguard.record.monitor import _max_abs
+    from gradguard.record.kernels import max_abs
 
     tensors = [
         torch.tensor([1.0, -3.0, 2.0]),
@@ -498,10 +498,10 @@ def test_max_abs_kernels_agree_on_nan_inf_empty_and_half(fused: bool) -> None:
         torch.tensor([2.0, -5.0]).half(),
         torch.tensor([[0.5, -0.25]]).bfloat16(),
     ]
-    got = _max_abs(tensors, fused=fused)
+    got = max_abs(tensors, fused=fused)
     assert got.dtype == torch.float64
     np.testing.assert_array_equal(got.numpy(), [3.0, math.inf, 0.0, 5.0, 0.5])
-    assert torch.isnan(_max_abs([torch.tensor([1.0, math.nan])], fused=False)).all()
+    assert torch.isnan(max_abs([torch.tensor([1.0, math.nan])], fused=False)).all()
 
 
 def test_take_gradients_now_records_pre_clip_norms_once_per_step() -> None:

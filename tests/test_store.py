@@ -43,7 +43,9 @@ def test_round_trip_equals_memory(tmp_path: Path) -> None:
     assert run.name == "first"
     assert [lay.name for lay in run.layers] == ["0", "2", "4"]
     assert [lay.activation for lay in run.layers] == ["Tanh", "Tanh", None]
-    assert set(run.metric_names) == set(__import__("gradguard.record.monitor").record.monitor.METRICS)
+    assert set(run.metric_names) == set(
+        __import__("gradguard.record.monitor").record.monitor.METRICS
+    )
     for m in run.metric_names:
         s1, v1 = run.metric(m)
         s2, v2 = mem.metric(m)

@@ -44,6 +44,7 @@ from gradguard.model.layers import LayerInfo, discover_layers, forward_order
 from gradguard.model.structure import has_skip_connection, residual_hint
 from gradguard.model.tensors import first_tensor, local
 from gradguard.record.config import WatchConfig, resolve_config
+from gradguard.record.kernels import max_abs, sumsq
 from gradguard.runs.store import Batch, Event, Layer, Run, Store, StoreWriter, load
 
 __all__ = ["Monitor", "watch", "METRICS", "Reducer"]
@@ -108,52 +109,6 @@ def _default_reducer() -> Reducer:
 
         return DistributedReducer()
     return Reducer()
-
-
-_BLAS_DTYPES = (torch.float32, torch.float64)
-
-
-def _sumsq(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Sum of squares of each tensor, stacked to float64 ``(P,)``.
-
-    fp32/fp64 contiguous tensors go through ``vecdot`` (BLAS, vectorised and threaded: ~2x faster
-    than ``_foreach_norm`` on CPU, same fp32-accumulation accuracy); others through ``_foreach_norm``
-    accumulated in fp32 (fp16/bf16 would overflow).
-    """
-    if all(
-        t.dtype in _BLAS_DTYPES and t.is_contiguous() and t.device.type == "cpu" for t in tensors
-    ):
-        flat = [t.view(-1) for t in tensors]
-        return torch.stack([torch.linalg.vecdot(f, f) for f in flat]).to(torch.float64)
-    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)  # type: ignore[call-arg]
-    return torch.stack(norms).to(torch.float64).square()
-
-
-def _max_abs(tensors: list[torch.Tensor], fused: bool | None = None) -> torch.Tensor:
-    """max |x| of each tensor, stacked to float64 ``(P,)``; NaN if a tensor holds NaN.
-
-    ``_foreach_norm(ord=inf)`` takes a slow scalar path on CPU (10 ms on W1's 25 MB of grads, 8x a
-    read), so take max(max(x), -min(x)) from one ``aminmax`` read per tensor.
-    """
-    if fused is None:
-        fused = bool(tensors) and not all(t.device.type == "cpu" for t in tensors)
-    if fused:
-        # accelerators: one fused multi-tensor kernel (the scalar inf-norm path is a CPU problem);
-        # it has no identity for empty tensors (uneven FSDP2 shards), which contribute 0
-        full = [t for t in tensors if t.numel()]
-        norms = iter(
-            torch._foreach_norm(full, math.inf, dtype=torch.float32)  # type: ignore[call-arg]
-            if full
-            else []
-        )
-        zero = tensors[0].new_zeros((), dtype=torch.float32)  # a fill: no host-to-device copy
-        return torch.stack([next(norms) if t.numel() else zero for t in tensors]).to(torch.float64)
-    # an empty local shard (FSDP2 splits unevenly) has no max: it contributes 0
-    lo_hi = [torch.aminmax(t.reshape(-1)) if t.numel() else (t.new_zeros(()),) * 2 for t in tensors]
-    lo = torch.stack([m[0] for m in lo_hi]).to(torch.float64)
-    hi = torch.stack([m[1] for m in lo_hi]).to(torch.float64)
-    both = torch.stack([hi, lo.neg()])
-    return torch.where(both.isnan().any(0), math.nan, both.amax(0))
 
 
 def _to_host(values: list[Any]) -> list[float]:
@@ -613,7 +568,7 @@ class Monitor:
                 grads.append(local(p.grad))
         weights = [local(p.detach()) for _, p in self._params]
         # (P,) norms of every weight; one batched kernel per norm kind.
-        wsq = _sumsq(weights)
+        wsq = sumsq(weights)
         sums = torch.zeros((2, L), dtype=torch.float64, device=self.device)  # grad, weight sumsq
         sums[1].index_add_(0, self._pidx, wsq)
         # maxima: max |g|, and the count of non-finite tensors (maxed over ranks, not summed: the
@@ -622,10 +577,10 @@ class Monitor:
         nonfinite = torch.zeros(L, dtype=torch.float64, device=self.device)
         if grads:
             lidx, inv, has = self._signature(tuple(present))
-            gsq = _sumsq(grads)
+            gsq = sumsq(grads)
             # a NaN anywhere makes the sum of squares NaN: make max |g| say so too, whatever the
             # max kernel does with NaN on this device
-            gmax = torch.where(gsq.isnan(), math.nan, _max_abs(grads))
+            gmax = torch.where(gsq.isnan(), math.nan, max_abs(grads))
             sums[0].index_add_(0, lidx, gsq)
             nonfinite.index_add_(0, lidx, (~torch.isfinite(gmax)).to(torch.float64))
             maxes[0].scatter_reduce_(0, lidx, gmax, reduce="amax")
@@ -658,9 +613,9 @@ class Monitor:
         # ||w_before|| is this step's weight_norm when the optimizer's pre-hook took it (the same
         # weights the snapshot holds): one pass over the weights fewer
         reuse = self.optimizer is not None and "grad" in self._slot_groups[slot]
-        before_sq = None if reuse else _sumsq(self._before)
+        before_sq = None if reuse else sumsq(self._before)
         torch._foreach_sub_(self._before, weights)  # in place: before <- before - after
-        diff_sq = _sumsq(self._before)
+        diff_sq = sumsq(self._before)
         sums = torch.zeros((1 if reuse else 2, L), dtype=torch.float64, device=self.device)
         sums[0].index_add_(0, self._pidx, diff_sq)
         if before_sq is not None:
@@ -730,7 +685,7 @@ class Monitor:
         # fp32 sums are cascaded (relative error ~1e-7 of the sum of |y|); sum(dtype=float64)
         # converts a copy of y first on CPU, which costs more than every other statistic together
         s1 = (y.sum() if y.dtype == torch.float32 else y.sum(dtype=torch.float64)).to(torch.float64)
-        s2 = _sumsq([y])[0]
+        s2 = sumsq([y])[0]
         if bounds is not None:
             # tanh/sigmoid-like outputs are almost never 0: count_nonzero is one fast pass there
             zeros = n - torch.count_nonzero(y).to(torch.float64)
@@ -752,7 +707,7 @@ class Monitor:
     def _grad_hook(self, idx: int) -> Callable[[torch.Tensor], None]:
         def hook(g: torch.Tensor) -> None:
             try:
-                self._act[idx, _A_GRADSQ].add_(_sumsq([local(g)])[0].to(self.device))
+                self._act[idx, _A_GRADSQ].add_(sumsq([local(g)])[0].to(self.device))
             except Exception as e:
                 self._fail("activations", e)
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
+from gradguard.record.kernels import scale_, total_norm
 from gradguard.remedies._checks import check_number
 from gradguard.remedies._clipper import Clipper, norm_factor
-from gradguard.remedies._norms import scale_, total_norm
 
 __all__ = ["AutoClip"]
 

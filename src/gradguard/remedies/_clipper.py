@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from gradguard.errors import GradguardError
+from gradguard.record.kernels import total_norm
 from gradguard.remedies._checks import grads_of, params_list
-from gradguard.remedies._norms import total_norm
 
 __all__ = ["Clipper", "norm_factor"]
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from gradguard.errors import GradguardError
+from gradguard.record.kernels import total_norm
 from gradguard.remedies._checks import check_module, check_number, check_optimizer
 from gradguard.remedies._guard_event import GuardEvent
-from gradguard.remedies._norms import total_norm
 from gradguard.remedies.locate import locate_nonfinite
 
 __all__ = ["Guard", "GuardEvent"]

@@ -1,0 +1,92 @@
+"""Sync-free norm kernels over lists of tensors, shared by the Monitor's probes and the clippers.
+
+Everything here returns device tensors and never reads a value on the host.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+__all__ = ["sumsq", "max_abs", "group_by_device", "total_norm", "scale_"]
+
+_BLAS_DTYPES = (torch.float32, torch.float64)
+
+
+def sumsq(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of squares of each tensor, stacked to float64 ``(P,)``.
+
+    fp32/fp64 contiguous tensors go through ``vecdot`` (BLAS, vectorised and threaded: ~2x faster
+    than ``_foreach_norm`` on CPU, same fp32-accumulation accuracy); others through ``_foreach_norm``
+    accumulated in fp32 (fp16/bf16 would overflow).
+    """
+    if all(
+        t.dtype in _BLAS_DTYPES and t.is_contiguous() and t.device.type == "cpu" for t in tensors
+    ):
+        flat = [t.view(-1) for t in tensors]
+        return torch.stack([torch.linalg.vecdot(f, f) for f in flat]).to(torch.float64)
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)  # type: ignore[call-arg]
+    return torch.stack(norms).to(torch.float64).square()
+
+
+def max_abs(tensors: list[torch.Tensor], fused: bool | None = None) -> torch.Tensor:
+    """max |x| of each tensor, stacked to float64 ``(P,)``; NaN if a tensor holds NaN.
+
+    ``_foreach_norm(ord=inf)`` takes a slow scalar path on CPU (10 ms on W1's 25 MB of grads, 8x a
+    read), so take max(max(x), -min(x)) from one ``aminmax`` read per tensor.
+    """
+    if fused is None:
+        fused = bool(tensors) and not all(t.device.type == "cpu" for t in tensors)
+    if fused:
+        # accelerators: one fused multi-tensor kernel (the scalar inf-norm path is a CPU problem);
+        # it has no identity for empty tensors (uneven FSDP2 shards), which contribute 0
+        full = [t for t in tensors if t.numel()]
+        norms = iter(
+            torch._foreach_norm(full, math.inf, dtype=torch.float32)  # type: ignore[call-arg]
+            if full
+            else []
+        )
+        zero = tensors[0].new_zeros((), dtype=torch.float32)  # a fill: no host-to-device copy
+        return torch.stack([next(norms) if t.numel() else zero for t in tensors]).to(torch.float64)
+    # an empty local shard (FSDP2 splits unevenly) has no max: it contributes 0
+    lo_hi = [torch.aminmax(t.reshape(-1)) if t.numel() else (t.new_zeros(()),) * 2 for t in tensors]
+    lo = torch.stack([m[0] for m in lo_hi]).to(torch.float64)
+    hi = torch.stack([m[1] for m in lo_hi]).to(torch.float64)
+    both = torch.stack([hi, lo.neg()])
+    return torch.where(both.isnan().any(0), math.nan, both.amax(0))
+
+
+def group_by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:
+    """Split ``tensors`` by device, keeping order inside each group (foreach needs one device)."""
+    groups: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
+    for t in tensors:
+        groups[t.device].append(t)
+    return groups
+
+
+def total_norm(grads: list[torch.Tensor], device: torch.device | None = None) -> torch.Tensor:
+    """L2 norm of all ``grads`` taken together, accumulated in float32 (fp16 cannot overflow).
+
+    Args:
+        grads: gradient tensors (any float dtype, any devices).
+        device: where the result lives; defaults to the first gradient's device.
+
+    Returns:
+        0-d float32 tensor; ``tensor(0.)`` when ``grads`` is empty.
+    """
+    if not grads:
+        return torch.zeros((), dtype=torch.float32, device=device)
+    out_device = device if device is not None else grads[0].device
+    norms: list[torch.Tensor] = []
+    for dev_grads in group_by_device(grads).values():
+        # one foreach kernel per device: (n_tensors,) norms in float32
+        norms.extend(torch._foreach_norm(dev_grads, 2, dtype=torch.float32))
+    return torch.linalg.vector_norm(torch.stack([n.to(out_device) for n in norms]))
+
+
+def scale_(grads: list[torch.Tensor], factor: torch.Tensor) -> None:
+    """Multiply every gradient in place by the 0-d tensor ``factor`` (no host read)."""
+    for dev, dev_grads in group_by_device(grads).items():
+        torch._foreach_mul_(dev_grads, factor.to(dev))
