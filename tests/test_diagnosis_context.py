@@ -13,7 +13,8 @@ from torch import nn
 import gradguard as gg
 from gradguard.diagnosis import Finding, diagnose
 from gradguard.model.structure import residual_hint
-from gradguard.runs.store import Layer, Run
+from gradguard.record.batch import Layer
+from gradguard.runs.run import Run
 
 
 class ResBlock(nn.Module):

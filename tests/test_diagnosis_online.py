@@ -14,7 +14,8 @@ import gradguard as gg
 from gradguard.diagnosis import DiagnosisConfig, Finding, Severity
 from gradguard.diagnosis.online import key, new_findings
 from gradguard.errors import ConfigError
-from gradguard.runs.store import Layer, Run
+from gradguard.record.batch import Layer
+from gradguard.runs.run import Run
 from tests.test_diagnosis_real import mlp, record
 
 

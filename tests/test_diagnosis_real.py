@@ -10,7 +10,7 @@ from torch import nn
 
 import gradguard as gg
 from gradguard.diagnosis import Finding, Severity, diagnose
-from gradguard.runs.store import Run
+from gradguard.runs.run import Run
 
 D_IN, D_OUT, BATCH = 16, 4, 32
 

@@ -12,8 +12,9 @@ from hypothesis.extra.numpy import arrays
 
 from gradguard.diagnosis import Finding, Severity, diagnose
 from gradguard.diagnosis.online import new_findings
+from gradguard.record.batch import Layer
 from gradguard.record.monitor import METRICS
-from gradguard.runs.store import Layer, Run
+from gradguard.runs.run import Run
 
 values = st.floats(allow_nan=True, allow_infinity=True, width=64) | st.sampled_from(
     [0.0, -1.0, 1e-300, 1e300, float("nan"), float("inf")]

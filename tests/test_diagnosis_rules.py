@@ -10,7 +10,8 @@ import pytest
 
 from gradguard.diagnosis import DiagnosisConfig, Finding, Severity, diagnose
 from gradguard.errors import ConfigError
-from gradguard.runs.store import Layer, Run
+from gradguard.record.batch import Layer
+from gradguard.runs.run import Run
 
 L, S = 10, 20
 

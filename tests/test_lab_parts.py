@@ -18,7 +18,9 @@ from gradguard.errors import ConfigError, GradguardError, StoreError
 from gradguard.lab import run_experiment
 from gradguard.lab._common import deterministic, linear_columns, mlp, record_gradients
 from gradguard.lab.data import ADDING_BASELINE_MSE, adding_problem, digits
-from gradguard.runs.store import Batch, Run, Store, delete_runs, list_runs
+from gradguard.record.batch import Batch
+from gradguard.runs.run import Run
+from gradguard.runs.store import Store, delete_runs, list_runs
 
 
 def test_digits_split_is_fixed_and_standardised() -> None:

@@ -453,7 +453,7 @@ def test_forward_order_places_functionally_used_layers_after_their_parent() -> N
 def test_store_keeps_one_averaged_value_per_step_and_auto_flush_does_not_wait(
     tmp_path: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gradguard.runs.store import StoreWriter
+    from gradguard.runs.writer import StoreWriter
 
     waits: list[bool] = []
     submit = StoreWriter.submit

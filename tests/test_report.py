@@ -15,8 +15,9 @@ import torch
 
 import gradguard as gg
 from gradguard.diagnosis.finding import Finding, Remedy, Severity
+from gradguard.record.batch import Event, Layer
 from gradguard.report.html import render_run, write_report
-from gradguard.runs.store import Event, Layer, Run
+from gradguard.runs.run import Run
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 GOLDEN = Path(__file__).parent / "golden"

@@ -10,7 +10,7 @@ from gradguard.diagnosis.finding import Finding, Remedy, Severity
 from gradguard.lab.result import ExperimentResult
 from gradguard.report.html import render_lab
 from gradguard.report.plots import line_plot
-from gradguard.runs.store import Run
+from gradguard.runs.run import Run
 from tests.test_report import check_golden, parse, strip_images
 
 

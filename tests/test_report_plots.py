@@ -12,7 +12,7 @@ import pytest
 
 from gradguard.report import plots
 from gradguard.report._style import DPI
-from gradguard.runs.store import Run
+from gradguard.runs.run import Run
 
 
 def chunks(png: bytes) -> list[tuple[bytes, bytes]]:

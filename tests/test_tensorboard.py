@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import gradguard as gg
-from gradguard.runs.store import Batch
+from gradguard.record.batch import Batch
 from gradguard.sinks.tensorboard import TensorBoardSink, layer_tag
 
 STEPS = 5
@@ -147,7 +147,7 @@ def test_bad_histograms_every_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_non_finite_values_are_not_points(tmp_path: Path) -> None:
-    from gradguard.runs.store import Layer
+    from gradguard.record.batch import Layer
 
     sink = TensorBoardSink(tmp_path)
     layers = [Layer(0, "a", "Linear", 3, True), Layer(1, "b", "Linear", 3, True)]
@@ -211,7 +211,7 @@ def test_layout_gets_a_chart_for_metrics_that_first_appear_later(tmp_path: Path)
 
 
 def test_layout_rewritten_only_for_new_metrics(tmp_path: Path) -> None:
-    from gradguard.runs.store import Layer
+    from gradguard.record.batch import Layer
 
     sink = TensorBoardSink(tmp_path)
     layers = [Layer(0, "a", "Linear", 3, True)]

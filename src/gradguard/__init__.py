@@ -22,7 +22,7 @@ _LAZY = {
     "Monitor": "gradguard.record.monitor",
     "WatchConfig": "gradguard.record.config",
     "load": "gradguard.runs.store",
-    "Run": "gradguard.runs.store",
+    "Run": "gradguard.runs.run",
     "Store": "gradguard.runs.store",
     "diagnose": "gradguard.diagnosis",
     "Finding": "gradguard.diagnosis.finding",

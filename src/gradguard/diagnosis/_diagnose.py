@@ -6,7 +6,7 @@ from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.errors import ConfigError
-from gradguard.runs.store import Run
+from gradguard.runs.run import Run
 
 __all__ = ["diagnose"]
 

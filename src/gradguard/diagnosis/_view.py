@@ -14,7 +14,7 @@ from gradguard.diagnosis._stats import log_profile, nanmedian, theil_sen, window
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Remedy
 from gradguard.diagnosis.knowledge import remedies_for
-from gradguard.runs.store import Run
+from gradguard.runs.run import Run
 
 __all__ = ["RunView", "DepthFit"]
 

@@ -17,7 +17,7 @@ import numpy as np
 from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Finding, Severity
-from gradguard.runs.store import Run
+from gradguard.runs.run import Run
 
 __all__ = ["new_findings", "key", "ONLINE_RULES"]
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from gradguard.errors import ConfigError
-from gradguard.runs.store import Run
+from gradguard.runs.run import Run
 
 __all__ = [
     "ACTIVATIONS",

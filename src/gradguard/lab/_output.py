@@ -80,7 +80,8 @@ def save_runs(results: Sequence[ExperimentResult], path: str | os.PathLike[str])
     A run is stored under its label (e.g. ``"relu/he/depth20"``); a label already used in this
     call is prefixed with its experiment's name.
     """
-    from gradguard.runs.store import Batch, Store
+    from gradguard.record.batch import Batch
+    from gradguard.runs.store import Store
 
     store = Store(path)
     try:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradguard.diagnosis.finding import Finding
-from gradguard.runs.store import Run
+from gradguard.runs.run import Run
 
 __all__ = ["ExperimentResult"]
 

@@ -43,9 +43,12 @@ from gradguard.model.activations import ACTIVATION_KINDS, activation_bounds, sat
 from gradguard.model.layers import LayerInfo, discover_layers, forward_order
 from gradguard.model.structure import has_skip_connection, residual_hint
 from gradguard.model.tensors import first_tensor, local
+from gradguard.record.batch import Batch, Event, Layer
 from gradguard.record.config import WatchConfig, resolve_config
 from gradguard.record.kernels import max_abs, sumsq
-from gradguard.runs.store import Batch, Event, Layer, Run, Store, StoreWriter, load
+from gradguard.runs.run import Run
+from gradguard.runs.store import Store, load
+from gradguard.runs.writer import StoreWriter
 
 __all__ = ["Monitor", "watch", "METRICS", "Reducer"]
 

@@ -19,7 +19,7 @@ from gradguard.errors import GradguardError
 from gradguard.report._lab_html import render_lab
 from gradguard.report._parts import findings_html, severity_counts, table_html
 from gradguard.report._template import esc, figure, page
-from gradguard.runs.store import Run
+from gradguard.runs.run import Run
 
 __all__ = ["render_run", "render_lab", "write_report", "check_output_path", "run_findings"]
 

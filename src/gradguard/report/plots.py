@@ -24,7 +24,7 @@ from gradguard.report._style import (
     new_figure,
     style,
 )
-from gradguard.runs.store import Run
+from gradguard.runs.run import Run
 
 __all__ = [
     "gradient_flow",

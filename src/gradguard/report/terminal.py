@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gradguard.runs.store import Run
+from gradguard.runs.run import Run
 
 __all__ = ["latest", "layer_rows", "flow_bars", "sparkline", "run_summary", "fit_columns", "fmt"]
 

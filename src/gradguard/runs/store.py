@@ -25,30 +25,19 @@ import json
 import logging
 import math
 import os
-import queue
 import sqlite3
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gradguard.errors import StoreError
+from gradguard.record.batch import Batch, Event, Layer
+from gradguard.runs.run import Run
 
-__all__ = [
-    "Layer",
-    "Event",
-    "Run",
-    "Store",
-    "StoreWriter",
-    "load",
-    "list_runs",
-    "delete_runs",
-    "SCHEMA_VERSION",
-]
+__all__ = ["Store", "load", "list_runs", "delete_runs", "SCHEMA_VERSION"]
 
 log = logging.getLogger("gradguard")
 
@@ -99,30 +88,6 @@ CREATE TABLE IF NOT EXISTS events (
     created TEXT NOT NULL
 );
 """
-
-
-@dataclass(frozen=True)
-class Layer:
-    """A layer as recorded: position in forward order, qualified name, class, size."""
-
-    index: int
-    name: str
-    kind: str = ""
-    numel: int = 0
-    trainable: bool = True
-    activation: str | None = None  # class name of the activation module that follows it, if seen
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something that happened at a step: a finding, a skipped step, a clip, a store problem..."""
-
-    step: int | None
-    kind: str
-    layer: str | None = None
-    value: float | None = None
-    message: str = ""
-    data: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def _now() -> str:
@@ -302,10 +267,6 @@ class Store:
                 for r in self._conn.execute("SELECT id, name, created FROM runs ORDER BY id")
             ]  # type: ignore[misc]
 
-    def load(self, name: str | None = None) -> Run:
-        with self._lock:
-            return _read_run(self._conn, self.path, name)
-
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -316,240 +277,6 @@ def _finite_or_none(v: float | None) -> float | None:
         return None
     v = float(v)
     return v if not math.isnan(v) else None
-
-
-@dataclass
-class Batch:
-    """What one flush hands to the store: per-layer metrics, scalars, events, maybe the layer table."""
-
-    metrics: dict[str, tuple[np.ndarray, np.ndarray]] = field(
-        default_factory=dict
-    )  # name -> ([S], [S, L])
-    scalars: dict[str, tuple[np.ndarray, np.ndarray]] = field(
-        default_factory=dict
-    )  # name -> ([S], [S])
-    events: list[Event] = field(default_factory=list)
-    layers: list[Layer] | None = None
-    config: dict[str, Any] | None = None  # the run's config, replaced (learned after watch())
-
-
-_SYNC = Batch()  # queued by StoreWriter.sync(): written by nobody, only waited for
-
-
-class StoreWriter:
-    """Writes batches on a background thread, off the training loop.
-
-    ``submit(batch)`` returns at once; ``submit(batch, wait=True)`` returns once it is committed.
-    A failing write is reported once (logging + warnings), then the writer disables itself and
-    drops further batches: the training being watched goes on.
-    """
-
-    def __init__(self, store: Store, run_id: int) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.failed: BaseException | None = None
-        self.committed = 0  # batches committed so far (they are written in submission order)
-        self._reported = False
-        self._q: queue.Queue[tuple[Batch | None, threading.Event | None]] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="gradguard-store", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            batch, done = self._q.get()
-            try:
-                if batch is not None and batch is not _SYNC and self.failed is None:
-                    self.store.write(self.run_id, batch)
-                    self.committed += 1
-            except BaseException as e:  # reported once, never raised into the training loop
-                self.failed = e  # reported by the submitting thread: see _report
-            finally:
-                if done is not None:
-                    done.set()
-            if batch is None:
-                return
-
-    def submit(self, batch: Batch, *, wait: bool = False) -> None:
-        if self.failed is not None:
-            self._report()
-            return
-        done = threading.Event() if wait else None
-        self._q.put((batch, done))
-        if done is not None:
-            done.wait()
-            self._report()
-
-    def sync(self) -> None:
-        """Return once every batch submitted so far is committed (or the writer has failed)."""
-        if self._thread.is_alive():
-            done = threading.Event()
-            self._q.put((_SYNC, done))
-            done.wait()
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            done = threading.Event()
-            self._q.put((None, done))
-            done.wait(timeout=60)
-            self._thread.join(timeout=60)
-        self._report()
-
-    def _report(self) -> None:
-        """Report a failed write once, from the thread that submits (the training thread):
-        a warning raised on the writer thread is lost whenever the training thread happens to
-        be inside ``warnings.catch_warnings()`` (numpy, torch and diagnosis all use it)."""
-        if self.failed is None or self._reported:
-            return
-        self._reported = True
-        msg = (
-            f"gradguard: writing the store {str(self.store.path)!r} failed ({self.failed}); "
-            "recording to it is disabled"
-        )
-        log.error(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
-
-
-class Run:
-    """One recorded run, read into memory.
-
-    Attributes:
-        name: the run's name.
-        layers: list of :class:`Layer`, in forward order (the column order of every metric).
-        events: list of :class:`Event`, in recording order.
-        config: the watch configuration and user options recorded with the run.
-        environment: versions, device, host.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        layers: Sequence[Layer],
-        metrics: Mapping[str, tuple[np.ndarray, np.ndarray]],
-        scalars: Mapping[str, tuple[np.ndarray, np.ndarray]],
-        events: Sequence[Event] = (),
-        config: Mapping[str, Any] | None = None,
-        environment: Mapping[str, Any] | None = None,
-        created: str = "",
-        path: Path | None = None,
-    ) -> None:
-        self.name = name
-        self.layers = list(layers)
-        self._metrics = dict(metrics)
-        self._scalars = dict(scalars)
-        self.events = list(events)
-        self.config = dict(config or {})
-        self.environment = dict(environment or {})
-        self.created = created
-        self.path = path
-
-    @classmethod
-    def from_arrays(
-        cls,
-        *,
-        name: str = "run",
-        layers: Sequence[str | Layer],
-        metrics: Mapping[str, tuple[Any, Any]] | None = None,
-        scalars: Mapping[str, tuple[Any, Any]] | None = None,
-        events: Sequence[Event] = (),
-        config: Mapping[str, Any] | None = None,
-    ) -> Run:
-        """Build a run in memory (tests, synthetic statistics, other tools' logs).
-
-        >>> run = Run.from_arrays(layers=["fc1", "fc2"], metrics={"grad_norm": ([0, 1], [[1.0, 2.0], [1.5, 2.5]])})
-        >>> run.metric("grad_norm")[1].shape
-        (2, 2)
-        """
-        lays = [
-            lay if isinstance(lay, Layer) else Layer(index=i, name=str(lay))
-            for i, lay in enumerate(layers)
-        ]
-        n = len(lays)
-        ms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for k, (s, v) in (metrics or {}).items():
-            steps = np.asarray(s, dtype=np.int64).reshape(-1)
-            vals = np.asarray(v, dtype=np.float64).reshape(len(steps), n)
-            ms[k] = (steps, vals)
-        ss: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for k, (s, v) in (scalars or {}).items():
-            steps = np.asarray(s, dtype=np.int64).reshape(-1)
-            ss[k] = (steps, np.asarray(v, dtype=np.float64).reshape(len(steps)))
-        return cls(name, lays, ms, ss, events, config)
-
-    @property
-    def layer_names(self) -> list[str]:
-        return [lay.name for lay in self.layers]
-
-    @property
-    def metric_names(self) -> list[str]:
-        return sorted(self._metrics)
-
-    @property
-    def scalar_names(self) -> list[str]:
-        return sorted(self._scalars)
-
-    @property
-    def steps(self) -> np.ndarray:
-        """Every step with a per-layer record, sorted."""
-        if not self._metrics:
-            return np.zeros(0, dtype=np.int64)
-        return np.unique(np.concatenate([s for s, _ in self._metrics.values()]))
-
-    def has_metric(self, name: str) -> bool:
-        return name in self._metrics and len(self._metrics[name][0]) > 0
-
-    def metric(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(steps [S], values [S, L])`` of a per-layer metric; NaN where a layer had no value.
-
-        An unknown name gives empty arrays (``[0]``, ``[0, L]``), so rules can ask freely.
-        """
-        if name not in self._metrics:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, len(self.layers)))
-        return self._metrics[name]
-
-    def scalar(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(steps [S], values [S])`` of a scalar; empty arrays when it was never logged."""
-        if name not in self._scalars:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        return self._scalars[name]
-
-    def to_pandas(self) -> Any:
-        """Long tables: ``(metrics, scalars)`` DataFrames (step, layer, metric, value) and (step, name, value)."""
-        try:
-            import pandas as pd
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise StoreError("Run.to_pandas() needs pandas: pip install 'gradguard[pandas]'") from e
-        names = np.array(self.layer_names, dtype=object)
-        frames = []
-        for m, (steps, vals) in self._metrics.items():
-            if len(steps) == 0:
-                continue
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "step": np.repeat(steps, len(names)),
-                        "layer": np.tile(names, len(steps)),
-                        "metric": m,
-                        "value": vals.reshape(-1),
-                    }
-                )
-            )
-        metrics = (
-            pd.concat(frames, ignore_index=True)
-            if frames
-            else pd.DataFrame(columns=["step", "layer", "metric", "value"])
-        )
-        sframes = [
-            pd.DataFrame({"step": s, "name": k, "value": v}) for k, (s, v) in self._scalars.items()
-        ]
-        scalars = (
-            pd.concat(sframes, ignore_index=True)
-            if sframes
-            else pd.DataFrame(columns=["step", "name", "value"])
-        )
-        return metrics, scalars
-
-    def __repr__(self) -> str:
-        return f"Run(name={self.name!r}, layers={len(self.layers)}, steps={len(self.steps)}, events={len(self.events)})"
 
 
 def _read_run(

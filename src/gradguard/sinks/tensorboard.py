@@ -32,7 +32,7 @@ import torch
 
 from gradguard.errors import GradguardError
 from gradguard.model.tensors import local
-from gradguard.runs.store import Batch, Event, Layer
+from gradguard.record.batch import Batch, Event, Layer
 
 __all__ = ["TensorBoardSink", "layer_tag"]
 
