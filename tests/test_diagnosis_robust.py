@@ -12,8 +12,8 @@ from hypothesis.extra.numpy import arrays
 
 from gradguard.diagnosis import Finding, Severity, diagnose
 from gradguard.diagnosis.online import new_findings
+from gradguard.metrics import LAYER_METRICS as METRICS
 from gradguard.record.batch import Layer
-from gradguard.record.monitor import METRICS
 from gradguard.runs.run import Run
 
 values = st.floats(allow_nan=True, allow_infinity=True, width=64) | st.sampled_from(

@@ -22,8 +22,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import gradguard as gg
-from gradguard.record.monitor import Reducer
-from gradguard.record.reduce import DistributedReducer, replication_factor
+from gradguard.record.reduce import DistributedReducer, LocalReducer, replication_factor
 
 WORLD = 2
 STEPS = 3
@@ -61,7 +60,7 @@ def train_single(accumulate: int = 1) -> dict[str, np.ndarray]:
     """The reference: one process, the whole global batch (split into micro-batches when accumulating)."""
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    mon = gg.watch(model, opt, config="full", diagnose_online=False, reducer=Reducer())
+    mon = gg.watch(model, opt, config="full", diagnose_online=False, reducer=LocalReducer())
     for s in range(STEPS):
         x, y = global_batch(s)
         opt.zero_grad()

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import gradguard as gg
 from gradguard.integrations.lightning import GradguardCallback
-from gradguard.record.monitor import Reducer
+from gradguard.record.reduce import LocalReducer
 
 N_BATCHES = 4  # per epoch, batch size 4
 
@@ -70,7 +70,7 @@ def reference(epochs: int, accumulate: int) -> gg.Run:
     model.net = net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(data(), batch_size=4)
-    mon = gg.watch(model, opt, config="full", diagnose_online=False, reducer=Reducer())
+    mon = gg.watch(model, opt, config="full", diagnose_online=False, reducer=LocalReducer())
     for _ in range(epochs):
         losses = []
         for i, (x, y) in enumerate(loader):

@@ -556,7 +556,7 @@ def test_no_host_read_between_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
             loss.backward()
             opt.step()
             mon.log(loss=loss, lr_as_tensor=torch.tensor(1e-3))
-    assert mon._failed == set()  # nothing was disabled by the patched reads
+    assert mon.failures.parts == set()  # nothing was disabled by the patched reads
     mon.close()
     steps, _ = mon.run.metric("act_grad_norm")
     assert steps.tolist() == [0, 1, 2, 3]

@@ -43,9 +43,7 @@ def test_round_trip_equals_memory(tmp_path: Path) -> None:
     assert run.name == "first"
     assert [lay.name for lay in run.layers] == ["0", "2", "4"]
     assert [lay.activation for lay in run.layers] == ["Tanh", "Tanh", None]
-    assert set(run.metric_names) == set(
-        __import__("gradguard.record.monitor").record.monitor.METRICS
-    )
+    assert set(run.metric_names) == set(__import__("gradguard.metrics").metrics.LAYER_METRICS)
     for m in run.metric_names:
         s1, v1 = run.metric(m)
         s2, v2 = mem.metric(m)
@@ -184,7 +182,9 @@ def test_failing_probe_is_disabled_not_raised(monkeypatch: pytest.MonkeyPatch) -
     model = mlp(depth=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     mon = gg.watch(model, opt, detail_every=1)
-    monkeypatch.setattr(gg.Monitor, "_accumulate", lambda *a, **k: 1 / 0)
+    from gradguard.record.probes.activations import ActivationProbe
+
+    monkeypatch.setattr(ActivationProbe, "_accumulate", lambda *a, **k: 1 / 0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _train(mon, model, opt, 3)
@@ -199,7 +199,7 @@ def test_failing_probe_is_disabled_not_raised(monkeypatch: pytest.MonkeyPatch) -
 
 def _rows(mon: gg.Monitor) -> int:
     """The most rows any per-layer series keeps in the Monitor's memory."""
-    return max(sum(len(part[1]) for part in parts) for parts in mon._mem_metrics.values())
+    return mon.run_log.memory_rows()
 
 
 def test_memory_stays_bounded_with_a_store_and_run_reads_it_back(tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ def test_memory_stays_bounded_with_a_store_and_run_reads_it_back(tmp_path: Path)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     mon = gg.watch(model, opt, store=tmp_path / "long.db", flush_every=5, diagnose_online=False)
     _train(mon, model, opt, 195)  # 39 flushes
-    mon._writer.sync()  # all committed (a loaded machine may lag), then one more flush prunes
+    mon.run_log.sync()  # all committed (a loaded machine may lag), then one more flush prunes
     _train(mon, model, opt, 5)
     # diagnose_online=False: nothing but the last, uncommitted flush (of 5 steps) is kept
     assert _rows(mon) <= 5, _rows(mon)
@@ -233,11 +233,11 @@ def test_online_diagnosis_keeps_its_window_in_memory(tmp_path: Path) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with gg.watch(model, opt, store=tmp_path / "w.db", flush_every=5, diagnosis=cfg) as mon:
         _train(mon, model, opt, 195)
-        mon._writer.sync()
+        mon.run_log.sync()
         _train(mon, model, opt, 5)
         # the first 10 and the last 20 rows, plus the last, uncommitted flush (of 5 steps)
         assert _rows(mon) <= 10 + 20 + 5, _rows(mon)
-        tail = mon._tail_run(10, 20)
+        tail = mon.run_log.tail(10, 20, mon.recorded_layers())
         s, _ = tail.metric("grad_norm")
         assert s[:10].tolist() == list(range(10)) and s[-20:].tolist() == list(range(180, 200))
     assert mon.run.metric("grad_norm")[0].tolist() == list(range(200))
@@ -262,11 +262,11 @@ def test_store_failing_midway_loses_nothing_in_mon_run(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _train(mon, model, opt, 20)
-        mon._writer.sync()  # 4 batches committed: the next flush drops them from memory
+        mon.run_log.sync()  # 4 batches committed: the next flush drops them from memory
         _train(mon, model, opt, 80)
         mon.close()
     assert sum("disk full" in str(w.message) for w in caught) == 1
-    assert mon._pruned  # older parts lived only in the store before it failed
+    assert mon.run_log.pruned  # older parts lived only in the store before it failed
     steps, gn = mon.run.metric("grad_norm")
     assert steps.tolist() == list(range(100))  # the store's 30 steps + memory's 70
     assert np.isfinite(gn).all()

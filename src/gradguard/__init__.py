@@ -18,8 +18,8 @@ logging.getLogger("gradguard").addHandler(logging.NullHandler())
 
 # name -> module that defines it; imported on first use so `import gradguard` stays cheap.
 _LAZY = {
-    "watch": "gradguard.record.monitor",
-    "Monitor": "gradguard.record.monitor",
+    "watch": "gradguard.watching",
+    "Monitor": "gradguard.watching",
     "WatchConfig": "gradguard.record.config",
     "load": "gradguard.runs.store",
     "Run": "gradguard.runs.run",

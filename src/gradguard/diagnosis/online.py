@@ -1,7 +1,9 @@
 """Online diagnosis: the rules on the run so far, each problem reported once (again if it worsens).
 
-The Monitor calls :func:`new_findings` at each flush (``WatchConfig.diagnose_online``); it logs and
-warns once per new finding, stores it as an event and calls ``on_finding``.
+:class:`OnlineDiagnosis` is a sink (``gradguard.sinks.Sink``) that ``gg.watch`` feeds at each flush
+(``WatchConfig.diagnose_online``): it runs :func:`new_findings` on the first and last steps of the
+run log, logs and warns once per new finding, hands it back as an event through the same batch path
+as everything else recorded (run log, store, sinks) and calls ``on_finding``.
 
 What counts as "the same problem" is the finding's :func:`key`: its kind, and whether it is about
 layers or about the whole run (``exploding_gradients`` over depth names layers, over time it
@@ -12,14 +14,21 @@ when its severity rises (warning -> critical).
 
 from __future__ import annotations
 
-import numpy as np
+import logging
+import warnings
+from collections.abc import Callable, Sequence
 
 from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Finding, Severity
+from gradguard.record.batch import Batch, Event, Layer
+from gradguard.record.failures import user_stacklevel
+from gradguard.runs.log import RunLog
 from gradguard.runs.run import Run
 
-__all__ = ["new_findings", "key", "ONLINE_RULES"]
+__all__ = ["OnlineDiagnosis", "new_findings", "finding_event", "key", "ONLINE_RULES"]
+
+log = logging.getLogger("gradguard")
 
 # Every rule is a few numpy reductions over the recorded arrays: all of them are cheap enough.
 ONLINE_RULES = (
@@ -63,7 +72,7 @@ def new_findings(
     from gradguard.diagnosis.rules import RULES
 
     config = config or DiagnosisConfig()
-    view = RunView(_bounded(run, config.start_steps, config.online_window), config)
+    view = RunView(run.bounded(config.start_steps, config.online_window), config)
     found = [
         f for kind in ONLINE_RULES for f in RULES[kind](view) if f.severity >= Severity.WARNING
     ]
@@ -76,20 +85,54 @@ def new_findings(
     return out
 
 
-def _bounded(run: Run, head: int, tail: int) -> Run:
-    """The run with each series cut to its first ``head`` and last ``tail`` recorded steps."""
-
-    def cut(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if len(steps) <= head + tail:
-            return steps, values
-        keep = np.r_[np.arange(head), np.arange(len(steps) - tail, len(steps))]
-        return steps[keep], values[keep]
-
-    return Run(
-        run.name,
-        run.layers,
-        {m: cut(*run.metric(m)) for m in run.metric_names},
-        {s: cut(*run.scalar(s)) for s in run.scalar_names},
-        run.events,
-        run.config,
+def finding_event(f: Finding) -> Event:
+    """A finding as the event that records it in a run (kind ``finding:<kind>``)."""
+    return Event(
+        step=f.steps[1] if f.steps else None,
+        kind=f"finding:{f.kind}",
+        layer=f.layers[0] if f.layers else None,
+        message=str(f),
+        data={"finding": f.to_dict()},
     )
+
+
+class OnlineDiagnosis:
+    """A sink that diagnoses the run so far at each flush and reports each new problem once.
+
+    Args:
+        run_log: the live run's log (its head and tail are what the rules judge).
+        emit: hands a batch of finding events back into the recording path (run log, store, sinks).
+        config: the thresholds (``gg.watch(diagnosis=...)``).
+        on_finding: called with each new finding of severity >= warning.
+    """
+
+    def __init__(
+        self,
+        run_log: RunLog,
+        emit: Callable[[Batch], None],
+        config: DiagnosisConfig,
+        on_finding: Callable[[Finding], None] | None = None,
+    ) -> None:
+        self.run_log = run_log
+        self.emit = emit
+        self.config = config
+        self.on_finding = on_finding
+        self.seen: dict[tuple[str, str], Severity] = {}  # online key -> severity reported
+
+    def write(self, batch: Batch, layers: Sequence[Layer]) -> None:
+        if not (batch.metrics or batch.scalars):
+            return  # only events (its own findings among them): nothing new to judge
+        run = self.run_log.tail(self.config.start_steps, self.config.online_window, layers)
+        found = new_findings(run, self.seen, config=self.config)
+        for f in found:
+            msg = f"gradguard: {f.severity.value} {f.kind}: {f.evidence}"
+            log.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=user_stacklevel())
+        if found:
+            self.emit(Batch(events=[finding_event(f) for f in found]))
+        if self.on_finding is not None:
+            for f in found:
+                self.on_finding(f)
+
+    def close(self) -> None:
+        """Nothing to release."""

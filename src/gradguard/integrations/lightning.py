@@ -43,7 +43,7 @@ import torch
 from gradguard.errors import GradguardError
 from gradguard.integrations._common import final_findings, run_closure_first, unwrap_optimizer
 from gradguard.record.batch import Batch, Layer
-from gradguard.record.monitor import Monitor
+from gradguard.watching import Monitor
 
 try:
     from lightning.pytorch.callbacks import Callback

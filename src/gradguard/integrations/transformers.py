@@ -30,7 +30,7 @@ from typing import Any
 
 from gradguard.errors import GradguardError
 from gradguard.integrations._common import final_findings, unwrap_optimizer
-from gradguard.record.monitor import Monitor
+from gradguard.watching import Monitor
 
 try:
     from transformers import TrainerCallback

@@ -216,7 +216,7 @@ def check_choices(option: str, values: Any, valid: Any) -> list[Any]:
 
 def watch_quietly(model: nn.Module, optimizer: Any = None, **kwargs: Any) -> Any:
     """``gg.watch`` for the lab: no online warnings (the lab diagnoses at the end)."""
-    from gradguard.record.monitor import watch
+    from gradguard.watching import watch
 
     kwargs.setdefault("config", "light")
     kwargs.setdefault("diagnose_online", False)

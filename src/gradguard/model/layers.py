@@ -25,7 +25,9 @@ class LayerInfo:
     """One layer of a watched model.
 
     Args:
-        index: position in registration order (the order of ``model.named_modules()``).
+        column: its place in registration order (the order of ``model.named_modules()``): the
+            column of its numbers in the Monitor's buffers. The stored :class:`~gradguard.record.batch.Layer`
+            has ``index`` = its position in forward order instead.
         name: qualified module name; the root module is called ``"(root)"``.
         kind: the module's class name, e.g. ``"Linear"``.
         module: the module itself.
@@ -34,7 +36,7 @@ class LayerInfo:
         trainable: whether at least one of them requires grad.
     """
 
-    index: int
+    column: int
     name: str
     kind: str
     module: nn.Module = field(repr=False, compare=False)
@@ -80,7 +82,7 @@ def discover_layers(model: nn.Module) -> list[LayerInfo]:
             continue
         layers.append(
             LayerInfo(
-                index=len(layers),
+                column=len(layers),
                 name=qualname or ROOT_NAME,
                 kind=type(module).__name__,
                 module=module,
@@ -110,21 +112,21 @@ def forward_order(layers: list[LayerInfo], seen: list[int]) -> list[int]:
     [0, 1]
     """
     order = list(seen)
-    name_of = {lay.index: lay.name for lay in layers}
+    name_of = {lay.column: lay.name for lay in layers}
 
     def inside(name: str, ancestor: str) -> bool:
         return ancestor == ROOT_NAME or name.startswith(ancestor + ".")
 
     tail = []
     for lay in layers:
-        if lay.index in order:
+        if lay.column in order:
             continue
         ancestors = [i for i in seen if name_of[i] != lay.name and inside(lay.name, name_of[i])]
         if not ancestors:
-            tail.append(lay.index)
+            tail.append(lay.column)
             continue
         anc = max(ancestors, key=lambda i: len(name_of[i]) if name_of[i] != ROOT_NAME else -1)
         # after the ancestor and every layer of its subtree already placed
         pos = max(k for k, i in enumerate(order) if i == anc or inside(name_of[i], name_of[anc]))
-        order.insert(pos + 1, lay.index)
+        order.insert(pos + 1, lay.column)
     return order + tail

@@ -50,3 +50,8 @@ class Batch:
     events: list[Event] = field(default_factory=list)
     layers: list[Layer] | None = None
     config: dict[str, Any] | None = None  # the run's config, replaced (learned after watch())
+
+    @property
+    def empty(self) -> bool:
+        """Nothing in it: no metric, scalar, event, layer table or config."""
+        return not (self.metrics or self.scalars or self.events or self.layers or self.config)

@@ -23,6 +23,9 @@ are summed; the squared activation gradients are divided by ``world_size**2`` be
 FSDP2 *average* the gradients over ranks: the gradient of the global (mean) loss with respect to a
 rank's activations is ``1 / world_size`` times that of the rank's own loss.
 
+Each probe says how each of its rows combines (:class:`Combine`), so the reducer never needs to
+know a probe's layout.
+
 Every rank makes the same collective calls in the same order whatever the values are (nothing is
 branched on a tensor value before a collective), so ranks that see different NaN/Inf do not deadlock.
 
@@ -31,21 +34,78 @@ branched on a tensor value before a collective), so ranks that see different NaN
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 
 from gradguard.errors import GradguardError
 from gradguard.model.layers import LayerInfo
-from gradguard.record.monitor import _A_GRADSQ, Reducer
 
-__all__ = ["DistributedReducer", "replication_factor"]
+__all__ = [
+    "Combine",
+    "Reducer",
+    "LocalReducer",
+    "DistributedReducer",
+    "default_reducer",
+    "replication_factor",
+]
 
 log = logging.getLogger("gradguard")
+
+
+class Combine(enum.Enum):
+    """How one row of per-layer numbers combines across ranks."""
+
+    SUM = "sum"  # each rank's own data (activation moments, counts): summed
+    PARAM_SUM = (
+        "param_sum"  # of parameters or their gradients: summed, / ranks holding the same piece
+    )
+    MEAN_GRAD_SQ = (
+        "mean_grad_sq"  # squared gradients of a rank's own activations: summed, / world**2
+    )
+    MAX = "max"  # maxima and non-finite counts: maxed (NaN-preserving)
+
+
+class Reducer(Protocol):
+    """Where per-layer numbers of a step are combined across processes (DDP/FSDP plug in here)."""
+
+    @property
+    def is_writer(self) -> bool:
+        """Only this process writes the store and feeds sinks (rank 0 under torch.distributed)."""
+        ...
+
+    def bind(self, layers: Sequence[LayerInfo]) -> None:
+        """Learn the watched layers (a distributed reducer reads how their parameters are sharded)."""
+        ...
+
+    def reduce(self, rows: torch.Tensor, how: Sequence[Combine]) -> torch.Tensor:
+        """Combine float64 ``rows`` ``[k, L]`` across ranks, row ``i`` as ``how[i]`` says."""
+        ...
+
+
+class LocalReducer:
+    """One process (or each rank keeps its own numbers): nothing to combine."""
+
+    is_writer = True
+
+    def bind(self, layers: Sequence[LayerInfo]) -> None:
+        """Nothing to learn for one process."""
+
+    def reduce(self, rows: torch.Tensor, how: Sequence[Combine]) -> torch.Tensor:
+        return rows
+
+
+def default_reducer() -> Reducer:
+    """The torch.distributed reducer when a process group with several ranks is up, else the no-op."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return DistributedReducer()
+    return LocalReducer()
 
 
 def replication_factor(param: torch.Tensor, world_size: int) -> int:
@@ -74,7 +134,7 @@ def replication_factor(param: torch.Tensor, world_size: int) -> int:
 
 
 @dataclass
-class DistributedReducer(Reducer):
+class DistributedReducer:
     """A Monitor reducer over a torch.distributed process group (gloo, NCCL, ...).
 
     Args:
@@ -104,7 +164,7 @@ class DistributedReducer(Reducer):
     def is_writer(self) -> bool:
         return int(dist.get_rank(self.group)) == 0
 
-    def bind(self, layers: list[LayerInfo]) -> None:
+    def bind(self, layers: Sequence[LayerInfo]) -> None:
         """Read each layer's replication factor from its parameters (DTensor placements or none)."""
         world = self.world_size
         factors = []
@@ -120,46 +180,55 @@ class DistributedReducer(Reducer):
             factors.append(float(max(per_param)) if per_param else 1.0)
         self._factor = torch.tensor(factors, dtype=torch.float64)
 
-    def reduce(
-        self, sums: torch.Tensor, maxes: torch.Tensor, *, kind: str = "params"
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum ``sums`` and max ``maxes`` over the group (NaN-preserving), in at most two collectives.
+    def reduce(self, rows: torch.Tensor, how: Sequence[Combine]) -> torch.Tensor:
+        """Combine ``rows`` over the group, each as ``how`` says, in at most two collectives.
 
         Args:
-            sums: float64 ``[k, L]`` to be summed (squared norms, counts, activation moments).
-            maxes: float64 ``[m, L]`` to be maxed (``m`` may be 0).
-            kind: "params" divides each layer's sums by its replication factor; "activations"
-                sums, and divides the squared activation gradients (row ``_A_GRADSQ``) by
-                ``world_size**2`` (gradients are averaged over ranks).
+            rows: float64 ``[k, L]``.
+            how: one :class:`Combine` per row.
 
         Returns:
-            ``(sums, maxes)`` reduced; a maximum is NaN where any rank had NaN.
+            The combined ``[k, L]``; a maximum is NaN where any rank had NaN.
         """
-        k, L = sums.shape
+        k, L = rows.shape
+        if len(how) != k:
+            raise GradguardError(
+                f"reduce got {k} rows but {len(how)} combine rules; give one per row"
+            )
         world = self.world_size
+        is_max = [h is Combine.MAX for h in how]
+        summed = [i for i in range(k) if not is_max[i]]
+        maxed = [i for i in range(k) if is_max[i]]
+        sums, maxes = rows[summed], rows[maxed]
         # NaN is carried as a count in the SUM, because MAX over NaN is not defined the same way on
         # every backend; -inf stands in for NaN in the MAX and NaN is put back afterwards.
         isnan = maxes.isnan()
         packed = torch.cat([sums, isnan.to(sums.dtype)]).contiguous()
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=self.group)
-        out_sums, nan_count = packed[:k], packed[k:]
-        if kind == "params":
-            if self._factor is None or self._factor.shape[0] != L:
-                raise GradguardError(
-                    "DistributedReducer was not bound to the Monitor's layers; let the Monitor create "
-                    "it (gg.watch does) or pass it as reducer= so that Monitor calls bind()"
-                )
-            if self._factor.device != sums.device:
-                self._factor = self._factor.to(sums.device)
-            out_sums = out_sums / self._factor
-        elif kind == "activations" and k > _A_GRADSQ:
-            # DDP/FSDP2 average gradients over ranks: d(global mean loss)/d(h_r) = (1/W) d(L_r)/d(h_r),
-            # so the squared norm over the global batch is sum_r |a_r|^2 / W^2.
-            out_sums = out_sums.clone()
-            out_sums[_A_GRADSQ] /= float(world * world)
+        out = torch.empty_like(rows)
+        out_sums, nan_count = packed[: len(summed)], packed[len(summed) :]
+        for j, i in enumerate(summed):
+            if how[i] is Combine.PARAM_SUM:
+                out[i] = out_sums[j] / self._factors(L, rows.device)
+            elif how[i] is Combine.MEAN_GRAD_SQ:
+                # DDP/FSDP2 average gradients over ranks: d(global mean loss)/d(h_r) = (1/W) d(L_r)/d(h_r),
+                # so the squared norm over the global batch is sum_r |a_r|^2 / W^2.
+                out[i] = out_sums[j] / float(world * world)
+            else:
+                out[i] = out_sums[j]
         # shapes, the same on every rank: not a branch on values
-        if maxes.shape[0] == 0:
-            return out_sums, maxes
-        m = torch.where(isnan, -math.inf, maxes).contiguous()
-        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=self.group)
-        return out_sums, torch.where(nan_count > 0, math.nan, m)
+        if maxed:
+            m = torch.where(isnan, -math.inf, maxes).contiguous()
+            dist.all_reduce(m, op=dist.ReduceOp.MAX, group=self.group)
+            out[maxed] = torch.where(nan_count > 0, math.nan, m)
+        return out
+
+    def _factors(self, n_layers: int, device: torch.device) -> torch.Tensor:
+        if self._factor is None or self._factor.shape[0] != n_layers:
+            raise GradguardError(
+                "DistributedReducer was not bound to the Monitor's layers; let the Monitor create "
+                "it (gg.watch does) or pass it as reducer= so that the Monitor calls bind()"
+            )
+        if self._factor.device != device:
+            self._factor = self._factor.to(device)
+        return self._factor

@@ -80,6 +80,31 @@ class Run:
             ss[k] = (steps, np.asarray(v, dtype=np.float64).reshape(len(steps)))
         return cls(name, lays, ms, ss, events, config)
 
+    def bounded(self, head: int, tail: int) -> Run:
+        """This run with each series cut to its first ``head`` and last ``tail`` recorded steps
+        (what online diagnosis judges); events are kept.
+
+        >>> Run.from_arrays(layers=["a"], scalars={"loss": (range(10), range(10))}).bounded(2, 3).scalar("loss")[0]
+        array([0, 1, 7, 8, 9])
+        """
+
+        def cut(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            if len(steps) <= head + tail:
+                return steps, values
+            keep = np.r_[np.arange(head), np.arange(len(steps) - tail, len(steps))]
+            return steps[keep], values[keep]
+
+        return Run(
+            self.name,
+            self.layers,
+            {m: cut(*self.metric(m)) for m in self.metric_names},
+            {s: cut(*self.scalar(s)) for s in self.scalar_names},
+            self.events,
+            self.config,
+            self.environment,
+            path=self.path,
+        )
+
     @property
     def layer_names(self) -> list[str]:
         return [lay.name for lay in self.layers]

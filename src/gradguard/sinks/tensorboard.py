@@ -24,13 +24,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from gradguard.errors import GradguardError
+from gradguard.model.layers import LayerInfo
 from gradguard.model.tensors import local
 from gradguard.record.batch import Batch, Event, Layer
 
@@ -80,11 +81,11 @@ class TensorBoardSink:
         self._writer: Any = None  # opened at the first write: non-writing ranks leave no files
         self._layout_metrics: set[str] = set()  # metrics the last written layout has a chart for
         self._last_hist: int | None = None
-        self._monitor: Any = None
+        self._watched: dict[str, LayerInfo] = {}  # layer name -> its module and parameters
 
-    def attach(self, monitor: Any) -> None:
-        """Remember the Monitor (weakly): histograms read its model's weights and gradients."""
-        self._monitor = weakref.ref(monitor)
+    def bind(self, watched: Sequence[LayerInfo]) -> None:
+        """Learn the watched layers: histograms read their weights and gradients."""
+        self._watched = {lay.name: lay for lay in watched}
 
     @property
     def writer(self) -> Any:
@@ -95,7 +96,7 @@ class TensorBoardSink:
             self._writer = SummaryWriter(self.log_dir)
         return self._writer
 
-    def write(self, batch: Batch, layers: list[Layer]) -> None:
+    def write(self, batch: Batch, layers: Sequence[Layer]) -> None:
         """Write one flushed batch: per-layer metrics, scalars, events, maybe histograms."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
@@ -154,18 +155,16 @@ class TensorBoardSink:
         step = ev.step if ev.step is not None else 0
         self.writer.add_text(tag, f"```\n{text}\n```", global_step=step)
 
-    def _maybe_histograms(self, step: int, layers: list[Layer]) -> None:
+    def _maybe_histograms(self, step: int, layers: Sequence[Layer]) -> None:
         every = self.histograms_every
         assert every is not None
         if self._last_hist is not None and step // every == self._last_hist // every:
             return
-        mon = self._monitor() if self._monitor is not None else None
-        if mon is None:
+        if not self._watched:
             return
         self._last_hist = step
-        by_name = {lay.name: lay for lay in mon.layers}
         for lay in layers:
-            info = by_name.get(lay.name)
+            info = self._watched.get(lay.name)
             if info is None:
                 continue
             tensors = [local(p.detach()) for _, p in info.params]

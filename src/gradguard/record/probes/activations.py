@@ -1,0 +1,189 @@
+"""Activation statistics of a detail step: per layer, the mean, std, zero and saturated fractions of
+its activation and the norm of the gradient flowing back into its output (the backpropagated signal).
+
+Forward hooks (and a tensor hook per layer output) are installed only for the steps the
+``detail_every`` schedule selects and removed right after. A layer's activation is the output of
+the activation module that consumes its output when one was seen doing so (``Linear -> Tanh``),
+else its own output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradguard.metrics import ACT_GRAD_NORM, ACT_MEAN, ACT_SAT_FRAC, ACT_STD, ACT_ZERO_FRAC
+from gradguard.model.activations import activation_bounds, saturation_tolerance
+from gradguard.model.layers import LayerInfo
+from gradguard.model.tensors import first_tensor, local
+from gradguard.record.buffer import StepBuffer
+from gradguard.record.kernels import sumsq
+from gradguard.record.reduce import Combine, Reducer
+from gradguard.record.trace import FirstForwardTrace
+
+__all__ = ["ActivationProbe"]
+
+# Columns of an accumulator (one row per layer, summed over forward calls and micro-batches), and
+# how each combines across ranks: every rank's own data is summed; the squared gradients of a
+# rank's activations are divided by world**2 besides (gradients are averaged over ranks).
+_COUNT, _SUM, _SUMSQ, _ZEROS, _SAT, _SATN, _GRADSQ = range(7)
+_HOW = (Combine.SUM,) * 6 + (Combine.MEAN_GRAD_SQ,)
+
+
+class ActivationProbe:
+    """Accumulates activation moments during one detail step and writes them at its end.
+
+    Args:
+        layers: the watched layers.
+        activations: the model's activation modules (the kinds gradguard knows).
+        device: where the sums are kept.
+        reducer: combines the sums across ranks.
+        trace: the first-forward trace (which activation module consumes which layer's output).
+
+    A failure inside a hook never breaks the forward pass: the hooks come off and :attr:`error`
+    holds the exception for the Monitor to report.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[LayerInfo],
+        activations: Sequence[nn.Module],
+        device: torch.device,
+        reducer: Reducer,
+        trace: FirstForwardTrace,
+    ) -> None:
+        self.layers = list(layers)
+        self.activations = list(activations)
+        self.device = device
+        self.reducer = reducer
+        self.trace = trace
+        self.error: BaseException | None = None
+        L = len(self.layers)
+        self._own = torch.zeros((L, 7), dtype=torch.float64, device=device)  # the layer's output
+        self._act = torch.zeros((L, 7), dtype=torch.float64, device=device)  # its activation's
+        self._outputs: dict[int, tuple[int, torch.Tensor]] = {}  # id(output) -> (column, output)
+        self._handles: list[Any] = []
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._handles)
+
+    def arm(self) -> None:
+        """Install the hooks for the coming forward/backward."""
+        self._own.zero_()
+        self._act.zero_()
+        for lay in self.layers:
+            self._handles.append(lay.module.register_forward_hook(self._layer_hook(lay.column)))
+        for act in self.activations:
+            self._handles.append(act.register_forward_hook(self._activation_hook(act)))
+
+    def disarm(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._outputs.clear()
+
+    def new_forward(self) -> None:
+        """A new forward pass began: outputs of the last one are not consumed by this one."""
+        self._outputs.clear()
+
+    def write(self, buffer: StepBuffer, slot: int) -> None:
+        """Combine the sums (across ranks too) and write the step's statistics into ``slot``."""
+        # per layer: the activation module's statistics where one consumed its output, else its own
+        use_act = (self._act[:, _COUNT] > 0).unsqueeze(1)
+        a = torch.where(use_act, self._act, self._own)
+        a[:, _GRADSQ] = self._own[:, _GRADSQ]
+        a = self.reducer.reduce(a.t().contiguous(), _HOW).t()
+        n = a[:, _COUNT]
+        seen = n > 0
+        mean = a[:, _SUM] / n
+        var = (a[:, _SUMSQ] / n - mean.square()).clamp_min(0.0)
+        nan = torch.full_like(mean, math.nan)
+        buffer.write(slot, ACT_MEAN, torch.where(seen, mean, nan))
+        buffer.write(slot, ACT_STD, torch.where(seen, var.sqrt(), nan))
+        buffer.write(slot, ACT_ZERO_FRAC, torch.where(seen, a[:, _ZEROS] / n, nan))
+        buffer.write(
+            slot, ACT_SAT_FRAC, torch.where(a[:, _SATN] > 0, a[:, _SAT] / a[:, _SATN], nan)
+        )
+        buffer.write(slot, ACT_GRAD_NORM, torch.where(a[:, _GRADSQ] > 0, a[:, _GRADSQ].sqrt(), nan))
+
+    # ------------------------------------------------------------------ hooks
+    def _failed(self, e: BaseException) -> None:
+        self.error = e
+        self.disarm()
+
+    def _layer_hook(self, column: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            out = first_tensor(output)
+            if out is None or not out.is_floating_point():
+                return
+            try:
+                self._outputs[id(out)] = (column, out)
+                # the layer's own output stands in for an activation until one is seen consuming it
+                if not self.trace.done or column not in self.trace.activation_of:
+                    self._accumulate(self._own, column, out.detach(), None)
+                if out.requires_grad:
+                    out.register_hook(self._grad_hook(column))
+            except Exception as e:  # never break the forward pass
+                self._failed(e)
+
+        return hook
+
+    def _activation_hook(self, act: nn.Module) -> Callable[..., None]:
+        bounds = activation_bounds(act)
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            inp, out = first_tensor(args), first_tensor(output)
+            if inp is None or out is None or not out.is_floating_point():
+                return
+            hit = self._outputs.get(id(inp))
+            if hit is None or hit[1] is not inp:
+                return  # this call's input is not a watched layer's output
+            try:
+                self._accumulate(self._act, hit[0], out.detach(), bounds)
+            except Exception as e:
+                self._failed(e)
+
+        return hook
+
+    def _grad_hook(self, column: int) -> Callable[[torch.Tensor], None]:
+        def hook(g: torch.Tensor) -> None:
+            try:
+                self._own[column, _GRADSQ].add_(sumsq([local(g)])[0].to(self.device))
+            except Exception as e:
+                self._failed(e)
+
+        return hook
+
+    def _accumulate(
+        self, acc: torch.Tensor, column: int, y: torch.Tensor, bounds: tuple[float, float] | None
+    ) -> None:
+        # Moments from sums and sums of squares: std_mean is 12-35x slower on CPU (PERF-NOTES).
+        # Each statistic is one pass over y; no host read, no host-to-device copy.
+        y = local(y)
+        n = y.numel()
+        # fp32 sums are cascaded (relative error ~1e-7 of the sum of |y|); sum(dtype=float64)
+        # converts a copy of y first on CPU, which costs more than every other statistic together
+        s1 = (y.sum() if y.dtype == torch.float32 else y.sum(dtype=torch.float64)).to(torch.float64)
+        s2 = sumsq([y])[0]
+        if bounds is not None:
+            # tanh/sigmoid-like outputs are almost never 0: count_nonzero is one fast pass there
+            zeros = n - torch.count_nonzero(y).to(torch.float64)
+            lo, hi = saturation_tolerance(bounds)
+            # within tolerance of either bound: |y - middle| >= half the tolerated width
+            mid, half = (lo + hi) / 2, (hi - lo) / 2
+            dist = y.abs() if mid == 0 else (y - mid).abs_()
+            sat = torch.count_nonzero(dist >= half).to(torch.float64)
+        else:
+            # nonzeros as a sum of |sign(y)|: count_nonzero branches on every element on CPU
+            # (7x slower on a ReLU output that is half zeros)
+            zeros = n - y.sign().abs_().sum(dtype=torch.float64)
+            sat = s1.new_zeros(())
+        row = acc[column]
+        row[_COUNT].add_(n)
+        row[_SATN].add_(n if bounds is not None else 0)
+        row[_SUM : _SAT + 1].add_(torch.stack([s1, s2, zeros, sat]).to(self.device))

@@ -1,0 +1,117 @@
+"""Gradient statistics of every recorded step: per-layer norm, rms, max |g|, weight norm, non-finite.
+
+All of a step's numbers come from a few batched kernels over every gradient at once, reduced per
+layer with ``index_add_``/``scatter_reduce_`` on the device; nothing is read on the host.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradguard.metrics import GRAD_MAX, GRAD_NORM, GRAD_RMS, NONFINITE, WEIGHT_NORM
+from gradguard.model.layers import LayerInfo
+from gradguard.model.tensors import local
+from gradguard.record.buffer import StepBuffer
+from gradguard.record.kernels import max_abs, sumsq
+from gradguard.record.reduce import Combine, Reducer
+
+__all__ = ["GradientProbe"]
+
+# rows handed to the reducer: squared norms are summed over ranks (divided by the copies of a
+# parameter); max |g| and non-finite counts are maxed -- the same tensor non-finite on several ranks
+# (DDP copies, FSDP2 shards) is one tensor
+_HOW = (Combine.PARAM_SUM, Combine.PARAM_SUM, Combine.MAX, Combine.MAX)
+
+
+class GradientProbe:
+    """Writes grad_norm, grad_rms, grad_max, weight_norm, nonfinite and the total norm of a step.
+
+    Args:
+        layers: the watched layers; their ``column`` is their column in the buffer.
+        device: where the numbers are kept.
+        reducer: combines the numbers across ranks.
+    """
+
+    def __init__(self, layers: Sequence[LayerInfo], device: torch.device, reducer: Reducer) -> None:
+        self.n_layers = len(layers)
+        self.device = device
+        self.reducer = reducer
+        # every owned parameter with its layer's column; the trainable ones get gradient statistics
+        self.params: list[tuple[int, nn.Parameter]] = [
+            (lay.column, p) for lay in layers for _, p in lay.params
+        ]
+        self.column = torch.tensor([c for c, _ in self.params], dtype=torch.long, device=device)
+        self.trainable = [(c, p) for c, p in self.params if p.requires_grad]
+        self._signatures: dict[
+            tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+        ] = {}
+
+    def weights(self) -> list[torch.Tensor]:
+        """The local (shard of each) parameter, detached, in ``params`` order."""
+        return [local(p.detach()) for _, p in self.params]
+
+    def take(self, buffer: StepBuffer, slot: int) -> None:
+        """Measure the gradients as they are now into ``slot`` of ``buffer``."""
+        L = self.n_layers
+        present: list[int] = []
+        grads: list[torch.Tensor] = []
+        for i, (_, p) in enumerate(self.trainable):
+            if p.grad is not None:
+                present.append(i)
+                grads.append(local(p.grad))
+        wsq = sumsq(self.weights())  # (P,) squared norms of every weight
+        f64: dict[str, Any] = {"dtype": torch.float64, "device": self.device}
+        rows = torch.zeros((4, L), **f64)  # grad sumsq, weight sumsq, max |g|, non-finite count
+        rows[2].fill_(-math.inf)
+        rows[1].index_add_(0, self.column, wsq)
+        if grads:
+            col, inv_sqrt_n, has = self._signature(tuple(present))
+            gsq = sumsq(grads)
+            # a NaN anywhere makes the sum of squares NaN: make max |g| say so too, whatever the
+            # max kernel does with NaN on this device
+            gmax = torch.where(gsq.isnan(), math.nan, max_abs(grads))
+            rows[0].index_add_(0, col, gsq)
+            rows[3].index_add_(0, col, (~torch.isfinite(gmax)).to(torch.float64))
+            rows[2].scatter_reduce_(0, col, gmax, reduce="amax")
+        else:
+            inv_sqrt_n = torch.full((L,), math.nan, **f64)
+            has = torch.zeros(L, dtype=torch.bool, device=self.device)
+        rows[3].index_add_(0, self.column, (~torch.isfinite(wsq)).to(torch.float64))
+        rows = self.reducer.reduce(rows, _HOW)  # the one place where ranks are combined
+        gnorm = torch.where(has, rows[0].sqrt(), math.nan)
+        buffer.write(slot, GRAD_NORM, gnorm)
+        buffer.write(slot, GRAD_RMS, gnorm * inv_sqrt_n)
+        buffer.write(slot, GRAD_MAX, torch.where(has, rows[2], math.nan))
+        buffer.write(slot, WEIGHT_NORM, rows[1].sqrt())
+        buffer.write(slot, NONFINITE, rows[3])
+        total = torch.where(has, rows[0], 0.0).sum().sqrt() if grads else math.nan
+        buffer.write_total(slot, total)
+
+    def _signature(
+        self, present: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-gradient layer column, per-layer 1/sqrt(numel) and 'has grad' mask for a set of
+        grads (cached: the set is the same from step to step)."""
+        got = self._signatures.get(present)
+        if got is None:
+            numel = [0] * self.n_layers
+            col = []
+            for i in present:
+                c, p = self.trainable[i]
+                numel[c] += p.numel()
+                col.append(c)
+            inv = torch.tensor(
+                [1.0 / math.sqrt(n) if n else math.nan for n in numel],
+                dtype=torch.float64,
+                device=self.device,
+            )
+            has = torch.tensor([n > 0 for n in numel], device=self.device)
+            got = (torch.tensor(col, dtype=torch.long, device=self.device), inv, has)
+            if len(self._signatures) < 64:
+                self._signatures[present] = got
+        return got

@@ -1,0 +1,103 @@
+"""The first forward pass, traced once: the layers' forward order, the activation module that
+consumes each layer's output, and whether the autograd graph has skip connections.
+
+Hooks on every layer, every known activation module and the root module stay until the root's first
+forward returns, then come off: later steps pay nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradguard.model.activations import ACTIVATION_KINDS
+from gradguard.model.layers import LayerInfo, forward_order
+from gradguard.model.structure import has_skip_connection
+from gradguard.model.tensors import first_tensor
+
+__all__ = ["FirstForwardTrace"]
+
+
+class FirstForwardTrace:
+    """Learns what one forward pass of ``model`` shows about its layers.
+
+    Args:
+        model: the root module.
+        layers: its watched layers.
+        look_for_skips: read the first output's autograd graph for ``h + f(h)`` (skip connections).
+
+    After the first forward, :attr:`order` holds the layer columns in forward order,
+    :attr:`activation_of` maps a layer column to the activation module that consumed its output,
+    and :attr:`skip_found` says whether a skip connection was seen (with ``look_for_skips``).
+    :attr:`error` holds an exception the skip search raised (the trace itself never raises).
+    """
+
+    def __init__(
+        self, model: nn.Module, layers: Sequence[LayerInfo], *, look_for_skips: bool
+    ) -> None:
+        self.layers = list(layers)
+        self.look_for_skips = look_for_skips
+        self.order: list[int] | None = None
+        self.activation_of: dict[int, nn.Module] = {}
+        self.skip_found = False
+        self.error: BaseException | None = None
+        self._seen: list[int] = []
+        self._outputs: dict[int, int] = {}  # id(output tensor) -> layer column
+        self._keep: list[torch.Tensor] = []  # outputs kept alive so their ids stay unique
+        self._handles: list[Any] = []
+        column_of = {id(lay.module): lay.column for lay in self.layers}
+        for module in model.modules():
+            if id(module) in column_of:
+                col = column_of[id(module)]
+                self._handles.append(module.register_forward_pre_hook(self._pre(col)))
+                self._handles.append(module.register_forward_hook(self._post(col)))
+            elif type(module).__name__ in ACTIVATION_KINDS:
+                self._handles.append(module.register_forward_hook(self._activation(module)))
+        self._handles.append(model.register_forward_hook(self._done))
+
+    @property
+    def done(self) -> bool:
+        return self.order is not None
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._outputs.clear()
+        self._keep.clear()
+
+    def _pre(self, column: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            if column not in self._seen:
+                self._seen.append(column)
+
+        return hook
+
+    def _post(self, column: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            out = first_tensor(output)
+            if out is not None:
+                self._outputs[id(out)] = column
+                self._keep.append(out)
+
+        return hook
+
+    def _activation(self, act: nn.Module) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            inp = first_tensor(args)
+            if inp is not None and id(inp) in self._outputs:
+                self.activation_of.setdefault(self._outputs[id(inp)], act)
+
+        return hook
+
+    def _done(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.order = forward_order(self.layers, list(self._seen))
+        if self.look_for_skips:
+            try:
+                self.skip_found = has_skip_connection(first_tensor(output))
+            except Exception as e:  # never break the forward pass
+                self.error = e
+        self.remove()
