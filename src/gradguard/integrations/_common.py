@@ -7,6 +7,13 @@ from typing import Any
 
 import torch
 
+from gradguard.diagnosis import diagnose
+from gradguard.diagnosis.finding import Finding
+from gradguard.diagnosis.online import finding_event
+from gradguard.errors import GradguardError
+from gradguard.record.batch import Batch
+from gradguard.watching import Monitor
+
 __all__ = ["unwrap_optimizer", "run_closure_first", "final_findings"]
 
 log = logging.getLogger("gradguard")
@@ -21,8 +28,6 @@ def unwrap_optimizer(opt: Any) -> torch.optim.Optimizer:
         if seen > 8:
             break
     if not isinstance(opt, torch.optim.Optimizer):
-        from gradguard.errors import GradguardError
-
         raise GradguardError(
             f"cannot find a torch.optim.Optimizer in {type(opt).__name__}; "
             "configure a torch optimizer in the trainer"
@@ -65,12 +70,8 @@ def run_closure_first(optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, A
     return args, {**kwargs, "closure": done}
 
 
-def final_findings(monitor: Any, *, show: bool) -> list[Any]:
+def final_findings(monitor: Monitor, *, show: bool) -> list[Finding]:
     """Diagnose everything the Monitor recorded, record new findings as events, print them if asked."""
-    try:
-        from gradguard.diagnosis import diagnose
-    except ImportError:  # diagnosis not available in this build
-        return []
     monitor.flush()
     try:
         findings = list(diagnose(monitor.run))
@@ -80,16 +81,9 @@ def final_findings(monitor: Any, *, show: bool) -> list[Any]:
         )
         return []
     seen = {(e.kind, e.message) for e in monitor.run.events}
-    for f in findings:
-        kind = f"finding:{f.kind}"
-        if (kind, str(f)) not in seen:
-            monitor.event(
-                kind,
-                str(f),
-                layer=f.layers[0] if f.layers else None,
-                step=f.steps[1] if f.steps else None,
-                data={"finding": f.to_dict()},
-            )
+    events = [ev for ev in map(finding_event, findings) if (ev.kind, ev.message) not in seen]
+    if events:
+        monitor.publish(Batch(events=events), wait=False)
     if show and monitor.reducer.is_writer:
         if findings:
             print(f"gradguard: {len(findings)} finding(s) for run {monitor.run_name!r}:")

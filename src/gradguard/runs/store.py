@@ -1,12 +1,6 @@
 """The run store: one SQLite file (WAL mode) holding one or more runs.
 
-Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`)::
-
-    runs(id, name, created, config JSON, environment JSON)
-    layers(run_id, idx, name, kind, numel, trainable, activation)      -- idx = forward order
-    metrics(run_id, metric, step, vals BLOB)   -- one row per (metric, step): float64[L] in layer order
-    scalars(run_id, name, step, value)
-    events(run_id, step, kind, layer, value, message, data JSON, created)
+The schema is in :mod:`gradguard.runs.schema`.
 
 Per-layer values are stored as one little-endian float64 blob per metric and step, so a metric of a
 run reads back as one ``[steps, layers]`` array without a pivot. Writes are batched: the Monitor
@@ -36,126 +30,15 @@ import numpy as np
 from gradguard.errors import StoreError
 from gradguard.record.batch import Batch, Event, Layer
 from gradguard.runs.run import Run
+from gradguard.runs.schema import connect
 
-__all__ = ["Store", "load", "list_runs", "delete_runs", "SCHEMA_VERSION"]
+__all__ = ["Store", "load", "list_runs", "delete_runs"]
 
 log = logging.getLogger("gradguard")
-
-SCHEMA_VERSION = 1
-_APP_ID = 0x67726764  # "grgd": marks a SQLite file as a gradguard store
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    created TEXT NOT NULL,
-    config TEXT NOT NULL DEFAULT '{}',
-    environment TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS layers (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    idx INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    numel INTEGER NOT NULL,
-    trainable INTEGER NOT NULL,
-    activation TEXT,
-    PRIMARY KEY (run_id, idx)
-);
-CREATE TABLE IF NOT EXISTS metrics (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    metric TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    vals BLOB NOT NULL,
-    PRIMARY KEY (run_id, metric, step)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS scalars (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    name TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    value REAL,
-    PRIMARY KEY (run_id, name, step)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    step INTEGER,
-    kind TEXT NOT NULL,
-    layer TEXT,
-    value REAL,
-    message TEXT NOT NULL DEFAULT '',
-    data TEXT NOT NULL DEFAULT '{}',
-    created TEXT NOT NULL
-);
-"""
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
-    """Open (or create) a store file and check that it is one."""
-    path = Path(path)
-    if create:
-        parent = path.resolve().parent
-        if not parent.is_dir():
-            raise StoreError(
-                f"cannot create store {str(path)!r}: directory {str(parent)!r} does not exist; "
-                "create it first (mkdir -p) or pass another path"
-            )
-        if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-            raise StoreError(
-                f"cannot write store {str(path)!r}: {str(parent)!r} is read-only for this user; "
-                "pass a store path in a writable directory"
-            )
-    elif not path.is_file():
-        raise StoreError(
-            f"no store at {str(path)!r}; check the path (gradguard writes it with watch(store=...))"
-        )
-    try:
-        conn = sqlite3.connect(
-            str(path), timeout=30.0, check_same_thread=False, isolation_level=None
-        )
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        n_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    except sqlite3.OperationalError as e:
-        raise StoreError(
-            f"cannot open store {str(path)!r} ({e}); the directory may be read-only or the disk full: "
-            "pass a store path in a writable directory"
-        ) from e
-    except sqlite3.DatabaseError as e:
-        raise StoreError(
-            f"{str(path)!r} is not a gradguard store (not an SQLite database: {e}); "
-            "pass the .db file written by gg.watch(store=...)"
-        ) from e
-    if app_id != _APP_ID and (n_tables > 0 or not create):
-        conn.close()
-        raise StoreError(
-            f"{str(path)!r} is an SQLite file but not a gradguard store; "
-            "pass the .db file written by gg.watch(store=...), or a new path"
-        )
-    if create and app_id != _APP_ID:
-        conn.execute(f"PRAGMA application_id = {_APP_ID}")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        conn.close()
-        raise StoreError(
-            f"{str(path)!r} was written by a newer gradguard (schema {version} > {SCHEMA_VERSION}); "
-            "upgrade gradguard to read it"
-        )
-    if create:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(_SCHEMA)
-        except sqlite3.OperationalError as e:
-            conn.close()
-            raise StoreError(
-                f"cannot write store {str(path)!r} ({e}); pass a store path in a writable directory"
-            ) from e
-    return conn
 
 
 class Store:
@@ -167,7 +50,7 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._conn = _connect(self.path, create=True)
+        self._conn = connect(self.path, create=True)
         self._lock = threading.Lock()
 
     def create_run(
@@ -373,7 +256,7 @@ def load(
     >>> run = load("runs/exp.db")   # doctest: +SKIP
     """
     p = Path(path)
-    conn = _connect(p, create=False)
+    conn = connect(p, create=False)
     try:
         return _read_run(conn, p, name, run_id)
     except sqlite3.DatabaseError as e:
@@ -387,7 +270,7 @@ def load(
 def list_runs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """``(name, created)`` of every run in a store, oldest first."""
     p = Path(path)
-    conn = _connect(p, create=False)
+    conn = connect(p, create=False)
     try:
         return [(r[0], r[1]) for r in conn.execute("SELECT name, created FROM runs ORDER BY id")]
     finally:
@@ -408,7 +291,7 @@ def delete_runs(path: str | os.PathLike[str], names: Sequence[str]) -> int:
     p = Path(path)
     if not p.exists() or not names:
         return 0
-    conn = _connect(p, create=False)
+    conn = connect(p, create=False)
     try:
         marks = ",".join("?" * len(names))
         ids = [
