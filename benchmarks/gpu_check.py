@@ -74,8 +74,8 @@ def sync_check() -> list[str]:
         finally:
             torch.cuda.set_sync_debug_mode("default")
         mon.close()
-        if mon._failed:
-            problems.append(f"{name} watch disabled parts: {sorted(mon._failed)}")
+        if mon.failures.parts:
+            problems.append(f"{name} watch disabled parts: {sorted(mon.failures.parts)}")
         for clipper in (
             gg.clip.Norm(1.0),
             gg.clip.Value(0.1),
