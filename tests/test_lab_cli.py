@@ -49,7 +49,7 @@ def test_print_result_fits_the_console_and_says_what_only_the_report_shows() -> 
     from rich.console import Console
 
     from gradguard.commands.lab import print_result
-    from gradguard.lab.result import ExperimentResult
+    from gradguard.report.experiment import ExperimentResult
 
     cols = ["activation", "depth"] + [f"statistic_{i}" for i in range(8)]
     table = [

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 
 from gradguard.diagnosis.finding import Finding, Remedy, Severity
-from gradguard.lab.result import ExperimentResult
+from gradguard.report.experiment import ExperimentResult
 from gradguard.report.html import render_lab
 from gradguard.report.plots import line_plot
 from gradguard.runs.run import Run

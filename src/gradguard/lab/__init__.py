@@ -1,7 +1,7 @@
 """The lab: small experiments that reproduce the textbook vanishing/exploding-gradient phenomena.
 
 Each experiment is one readable file with a ``run(quick=..., quiet=..., **options)`` function that
-returns an :class:`~gradguard.lab.result.ExperimentResult` (table, figures, recorded runs, reading).
+returns an :class:`~gradguard.report.experiment.ExperimentResult` (table, figures, recorded runs, reading).
 
 >>> from gradguard import lab
 >>> lab.list_experiments()[0]
@@ -19,7 +19,7 @@ import torch
 
 from gradguard.errors import ConfigError
 from gradguard.lab._common import progress_to
-from gradguard.lab.result import ExperimentResult
+from gradguard.report.experiment import ExperimentResult
 
 __all__ = [
     "EXPERIMENTS",

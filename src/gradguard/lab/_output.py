@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gradguard.errors import GradguardError
-from gradguard.lab.result import ExperimentResult
+from gradguard.report.experiment import ExperimentResult
 
 __all__ = ["save_result", "save_runs", "write_files", "write_lab_report", "RUNS_DB"]
 

@@ -22,7 +22,7 @@ import numpy as np
 from gradguard.lab._common import deterministic, mlp, progress, train_classifier
 from gradguard.lab._figures import bar_plot, line_plot
 from gradguard.lab.data import digits
-from gradguard.lab.result import ExperimentResult
+from gradguard.report.experiment import ExperimentResult
 
 __all__ = ["run", "PRESETS", "configs"]
 

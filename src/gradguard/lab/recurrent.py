@@ -31,7 +31,7 @@ from torch import nn
 from gradguard.lab._common import deterministic, progress, watch_quietly
 from gradguard.lab._figures import line_plot
 from gradguard.lab.data import ADDING_BASELINE_MSE, adding_problem
-from gradguard.lab.result import ExperimentResult
+from gradguard.report.experiment import ExperimentResult
 
 __all__ = ["run", "PRESETS", "SeqRegressor"]
 

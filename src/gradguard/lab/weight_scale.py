@@ -33,7 +33,7 @@ from gradguard.lab._common import (
 )
 from gradguard.lab._figures import line_plot
 from gradguard.lab.data import digits
-from gradguard.lab.result import ExperimentResult
+from gradguard.report.experiment import ExperimentResult
 
 __all__ = ["run", "PRESETS", "theory_chi1"]
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from gradguard.report._parts import findings_html, table_html
 from gradguard.report._template import esc, figure, page
-
-if TYPE_CHECKING:  # the lab sits on top of the report: no runtime import of it here
-    from gradguard.lab.result import ExperimentResult
+from gradguard.report.experiment import ExperimentResult
 
 __all__ = ["render_lab"]
 
@@ -81,7 +78,7 @@ def render_lab(
     """A self-contained HTML page for lab experiments, with a table of contents.
 
     Args:
-        results: :class:`~gradguard.lab.result.ExperimentResult` objects, in page order.
+        results: :class:`~gradguard.report.experiment.ExperimentResult` objects, in page order.
         title: page title.
         runs_db: the store the experiments recorded their runs in, if any (named in the page).
 

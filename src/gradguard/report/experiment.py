@@ -1,4 +1,4 @@
-"""What every lab experiment returns: a tidy table, figures, the runs it recorded, and a reading."""
+"""What every lab experiment hands the report: a tidy table, figures, the runs it recorded, a reading."""
 
 from __future__ import annotations
 
