@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import torch
 
-__all__ = ["sumsq", "max_abs", "group_by_device", "total_norm", "scale_"]
+__all__ = ["sumsq", "max_abs", "activation_sums", "group_by_device", "total_norm", "scale_"]
 
 _BLAS_DTYPES = (torch.float32, torch.float64)
 
@@ -56,6 +56,35 @@ def max_abs(tensors: list[torch.Tensor], fused: bool | None = None) -> torch.Ten
     hi = torch.stack([m[1] for m in lo_hi]).to(torch.float64)
     both = torch.stack([hi, lo.neg()])
     return torch.where(both.isnan().any(0), math.nan, both.amax(0))
+
+
+def activation_sums(y: torch.Tensor, sat_band: tuple[float, float] | None) -> torch.Tensor:
+    """``[sum, sum of squares, zeros, saturated]`` of ``y`` as float64 ``(4,)``, on ``y``'s device.
+
+    Moments come from sums and sums of squares (``torch.std_mean`` measured 12-35x slower on CPU);
+    each statistic is one pass over ``y``, with no host read and no host-to-device copy.
+    ``sat_band`` is ``(low, high)``: values at or beyond either count as saturated (None: not a
+    bounded activation, saturated = 0).
+    """
+    # fp32 sums are cascaded (relative error ~1e-7 of the sum of |y|); sum(dtype=float64)
+    # converts a copy of y first on CPU, which costs more than every other statistic together
+    s1 = (y.sum() if y.dtype == torch.float32 else y.sum(dtype=torch.float64)).to(torch.float64)
+    s2 = sumsq([y])[0]
+    n = y.numel()
+    if sat_band is not None:
+        # tanh/sigmoid-like outputs are almost never 0: count_nonzero is one fast pass there
+        zeros = n - torch.count_nonzero(y).to(torch.float64)
+        lo, hi = sat_band
+        # at or beyond either end of the band: |y - middle| >= half its width
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        dist = y.abs() if mid == 0 else (y - mid).abs_()
+        sat = torch.count_nonzero(dist >= half).to(torch.float64)
+    else:
+        # nonzeros as a sum of |sign(y)|: count_nonzero branches on every element on CPU
+        # (7x slower on a ReLU output that is half zeros)
+        zeros = n - y.sign().abs_().sum(dtype=torch.float64)
+        sat = s1.new_zeros(())
+    return torch.stack([s1, s2, zeros, sat])
 
 
 def group_by_device(tensors: list[torch.Tensor]) -> dict[torch.device, list[torch.Tensor]]:

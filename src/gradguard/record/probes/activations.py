@@ -21,7 +21,7 @@ from gradguard.model.activations import activation_bounds, saturation_tolerance
 from gradguard.model.layers import LayerInfo
 from gradguard.model.tensors import first_tensor, local
 from gradguard.record.buffer import StepBuffer
-from gradguard.record.kernels import sumsq
+from gradguard.record.kernels import activation_sums, sumsq
 from gradguard.record.reduce import Combine, Reducer
 from gradguard.record.trace import FirstForwardTrace
 
@@ -162,28 +162,10 @@ class ActivationProbe:
     def _accumulate(
         self, acc: torch.Tensor, column: int, y: torch.Tensor, bounds: tuple[float, float] | None
     ) -> None:
-        # Moments from sums and sums of squares: torch.std_mean measured 12-35x slower on CPU.
-        # Each statistic is one pass over y; no host read, no host-to-device copy.
         y = local(y)
         n = y.numel()
-        # fp32 sums are cascaded (relative error ~1e-7 of the sum of |y|); sum(dtype=float64)
-        # converts a copy of y first on CPU, which costs more than every other statistic together
-        s1 = (y.sum() if y.dtype == torch.float32 else y.sum(dtype=torch.float64)).to(torch.float64)
-        s2 = sumsq([y])[0]
-        if bounds is not None:
-            # tanh/sigmoid-like outputs are almost never 0: count_nonzero is one fast pass there
-            zeros = n - torch.count_nonzero(y).to(torch.float64)
-            lo, hi = saturation_tolerance(bounds)
-            # within tolerance of either bound: |y - middle| >= half the tolerated width
-            mid, half = (lo + hi) / 2, (hi - lo) / 2
-            dist = y.abs() if mid == 0 else (y - mid).abs_()
-            sat = torch.count_nonzero(dist >= half).to(torch.float64)
-        else:
-            # nonzeros as a sum of |sign(y)|: count_nonzero branches on every element on CPU
-            # (7x slower on a ReLU output that is half zeros)
-            zeros = n - y.sign().abs_().sum(dtype=torch.float64)
-            sat = s1.new_zeros(())
+        sums = activation_sums(y, saturation_tolerance(bounds) if bounds is not None else None)
         row = acc[column]
         row[_COUNT].add_(n)
         row[_SATN].add_(n if bounds is not None else 0)
-        row[_SUM : _SAT + 1].add_(torch.stack([s1, s2, zeros, sat]).to(self.device))
+        row[_SUM : _SAT + 1].add_(sums.to(self.device))
