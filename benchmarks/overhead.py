@@ -243,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per workload (default 7 / 3)")
+    ap.add_argument(
+        "--steps-only",
+        action="store_true",
+        help="time the training steps only (skip the statistics-alone and floor measurements)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     copy_bw, read_bw = bandwidths()
@@ -265,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (rounds, steps, warmup) in plan.items():
             res = bench(name, args.quick, args.rounds or rounds, steps, warmup, Path(tmp))
+            if args.steps_only:
+                results["workloads"][name] = res
+                continue
             alone, norm_alone = grad_stats_alone(name, args.quick, 30 if not args.quick else 3)
             res["grad_stats_alone_s"] = alone
             res["foreach_norm_alone_s"] = norm_alone
@@ -286,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         med, ratio = res["median_s"], res["median_ratio"]
         for kind in ("bare", "bare2", "watch", "grad-only", "item", "histc"):
             print(f"| {name} | {kind} | {1e3 * med[kind]:.2f} | {100 * (ratio[kind] - 1):+.1f}% |")
+        if args.steps_only:
+            continue
         step = med["bare"]
         mib = res["grad_bytes"] / 2**20
         print(
