@@ -528,6 +528,33 @@ def test_take_gradients_now_records_pre_clip_norms_once_per_step() -> None:
     assert np.isfinite(mon.run.metric("update_ratio")[1]).all()
 
 
+def test_take_gradients_now_holds_in_a_loop_without_an_optimizer() -> None:
+    # regression (issue 12, item 4): with mon.step() (parameters updated by hand, as in
+    # pytorch/examples' word_language_model) the pre-clip norms were overwritten by the clipped ones
+    torch.manual_seed(6)
+    model = mlp(depth=3)
+    pre, post = [], []
+    with gg.watch(model, detail_every=1) as mon:
+        for step in range(3):
+            x, y = _batch("mlp", step)
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            pre.append(reference_grad_stats(model, ["0", "2", "4"])["grad_norm"])
+            if step != 1:
+                mon.take_gradients_now()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+            post.append(reference_grad_stats(model, ["0", "2", "4"])["grad_norm"])
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+            mon.step()
+    steps, gn = mon.run.metric("grad_norm")
+    assert steps.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(gn[[0, 2]], np.stack([pre[0], pre[2]]), rtol=1e-6)
+    np.testing.assert_allclose(gn[1], post[1], rtol=1e-6)
+    assert not np.allclose(pre[0], post[0])
+
+
 def test_no_host_read_between_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Training steps (gradient statistics, update ratio, activations, log) never read a tensor
     on the host: on a GPU each read would be a device sync. Only flush() reads."""

@@ -138,7 +138,11 @@ class Recorder:
         self.activations.new_forward()
 
     def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._taken_early == self.step_count:  # taken before the trainer's clip already
+        self._take_gradients()
+
+    def _take_gradients(self) -> None:
+        """The step's gradient statistics, unless take_gradients_now() took them before a clip."""
+        if self._taken_early == self.step_count:
             self._taken_early = None
             return
         self._guarded(GRADS, self._pre_step)
@@ -173,7 +177,7 @@ class Recorder:
                 "mon.step() is for loops without an optimizer; this Monitor counts steps through the "
                 "optimizer's hooks already (call optimizer.step() as usual)"
             )
-        self._guarded(GRADS, self._pre_step)
+        self._take_gradients()
         self._guarded(UPDATE, self._post_step)
 
     def _pre_step(self) -> None:
