@@ -555,6 +555,23 @@ def test_take_gradients_now_holds_in_a_loop_without_an_optimizer() -> None:
     assert not np.allclose(pre[0], post[0])
 
 
+def test_exactly_zero_backpropagated_signal_is_zero_not_missing() -> None:
+    # regression (issue 12, item 6): a layer whose output gets an exactly zero gradient (every
+    # unit of the ReLU after it dead) was stored as NaN and dropped out of the depth fits
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # every pre-activation negative: ReLU passes no gradient
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gg.watch(model, opt, config="full", diagnose_online=False) as mon:
+        loss = model(torch.randn(16, 4)).square().mean()
+        loss.backward()
+        opt.step()
+    _, agn = mon.run.metric("act_grad_norm")
+    assert agn[0, 0] == 0.0  # measured: zero
+    assert agn[0, 1] > 0.0  # the output layer gets the loss gradient
+
+
 def test_no_host_read_between_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Training steps (gradient statistics, update ratio, activations, log) never read a tensor
     on the host: on a GPU each read would be a device sync. Only flush() reads."""

@@ -30,8 +30,10 @@ __all__ = ["ActivationProbe"]
 # Columns of an accumulator (one row per layer, summed over forward calls and micro-batches), and
 # how each combines across ranks: every rank's own data is summed; the squared gradients of a
 # rank's activations are divided by world**2 besides (gradients are averaged over ranks).
-_COUNT, _SUM, _SUMSQ, _ZEROS, _SAT, _SATN, _GRADSQ = range(7)
-_HOW = (Combine.SUM,) * 6 + (Combine.MEAN_GRAD_SQ,)
+# _GRADN counts the gradients that reached the layer's output: an exactly zero backpropagated
+# signal is a measurement (0), a layer no gradient reached is not (NaN).
+_COUNT, _SUM, _SUMSQ, _ZEROS, _SAT, _SATN, _GRADSQ, _GRADN = range(8)
+_HOW = (Combine.SUM,) * 6 + (Combine.MEAN_GRAD_SQ, Combine.SUM)
 
 
 class ActivationProbe:
@@ -63,8 +65,8 @@ class ActivationProbe:
         self.trace = trace
         self.error: BaseException | None = None
         L = len(self.layers)
-        self._own = torch.zeros((L, 7), dtype=torch.float64, device=device)  # the layer's output
-        self._act = torch.zeros((L, 7), dtype=torch.float64, device=device)  # its activation's
+        self._own = torch.zeros((L, len(_HOW)), dtype=torch.float64, device=device)  # the layer's output
+        self._act = torch.zeros((L, len(_HOW)), dtype=torch.float64, device=device)  # its activation's
         self._outputs: dict[int, tuple[int, torch.Tensor]] = {}  # id(output) -> (column, output)
         self._handles: list[Any] = []
 
@@ -96,7 +98,7 @@ class ActivationProbe:
         # per layer: the activation module's statistics where one consumed its output, else its own
         use_act = (self._act[:, _COUNT] > 0).unsqueeze(1)
         a = torch.where(use_act, self._act, self._own)
-        a[:, _GRADSQ] = self._own[:, _GRADSQ]
+        a[:, _GRADSQ:] = self._own[:, _GRADSQ:]
         a = self.reducer.reduce(a.t().contiguous(), _HOW).t()
         n = a[:, _COUNT]
         seen = n > 0
@@ -109,7 +111,7 @@ class ActivationProbe:
         buffer.write(
             slot, ACT_SAT_FRAC, torch.where(a[:, _SATN] > 0, a[:, _SAT] / a[:, _SATN], nan)
         )
-        buffer.write(slot, ACT_GRAD_NORM, torch.where(a[:, _GRADSQ] > 0, a[:, _GRADSQ].sqrt(), nan))
+        buffer.write(slot, ACT_GRAD_NORM, torch.where(a[:, _GRADN] > 0, a[:, _GRADSQ].sqrt(), nan))
 
     # ------------------------------------------------------------------ hooks
     def _failed(self, e: BaseException) -> None:
@@ -153,7 +155,9 @@ class ActivationProbe:
     def _grad_hook(self, column: int) -> Callable[[torch.Tensor], None]:
         def hook(g: torch.Tensor) -> None:
             try:
-                self._own[column, _GRADSQ].add_(sumsq([local(g)])[0].to(self.device))
+                own = self._own[column]
+                own[_GRADSQ].add_(sumsq([local(g)])[0].to(self.device))
+                own[_GRADN].add_(1.0)
             except Exception as e:
                 self._failed(e)
 
