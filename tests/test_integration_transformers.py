@@ -84,7 +84,11 @@ class Reference(TrainerCallback):
 
 
 def train(
-    tmp_path: Path, cb: GradguardCallback, accumulate: int = 2, max_grad_norm: float = MAX_GRAD_NORM
+    tmp_path: Path,
+    cb: GradguardCallback,
+    accumulate: int = 2,
+    max_grad_norm: float = MAX_GRAD_NORM,
+    logging_steps: int = 1,
 ) -> tuple[Trainer, Reference]:
     ref = Reference()
     args = TrainingArguments(
@@ -93,7 +97,7 @@ def train(
         max_steps=MAX_STEPS,
         per_device_train_batch_size=4,
         gradient_accumulation_steps=accumulate,
-        logging_steps=1,
+        logging_steps=logging_steps,
         learning_rate=1e-3,
         report_to="none",
         use_cpu=True,
@@ -166,6 +170,22 @@ def test_logged_loss_and_pre_clip_norm_are_recorded(trained) -> None:  # type: i
     np.testing.assert_allclose(loss, [ref.losses[s] for s in sorted(ref.losses)], rtol=1e-6)
     assert run.scalar("hf_grad_norm")[0].tolist() == steps.tolist()
     assert run.scalar("lr")[0].tolist() == list(range(MAX_STEPS))
+
+
+def test_loss_of_every_step_without_logging_steps(tmp_path: Path) -> None:
+    # regression (issue 12, item 3): the loss was recorded only at logging steps (default every
+    # 500), so a short run had no loss for the loss rules; it is now each optimizer step's loss
+    every = GradguardCallback(config="light", diagnose_online=False, show_findings=False)
+    _, ref = train(tmp_path / "a", every, logging_steps=1)
+    rare = GradguardCallback(config="light", diagnose_online=False, show_findings=False)
+    trainer, _ = train(tmp_path / "b", rare, logging_steps=500)
+    assert rare.monitor is not None and every.monitor is not None
+    steps, loss = rare.monitor.run.scalar("loss")
+    assert steps.tolist() == list(range(MAX_STEPS))
+    # the same seeded run: every step's loss equals what the Trainer logs when it logs each step
+    np.testing.assert_allclose(loss, [ref.losses[s + 1] for s in range(MAX_STEPS)], atol=1e-4)
+    np.testing.assert_allclose(loss, every.monitor.run.scalar("loss")[1], rtol=1e-6)
+    assert "training_step" not in vars(trainer)  # the wrapper is gone after training
 
 
 def test_monitor_closed_after_training(trained) -> None:  # type: ignore[no-untyped-def]

@@ -15,8 +15,13 @@ How it fits the Trainer (transformers 4.40+ / 5.x):
   gradients (AMP) and before it clips; the original is put back at ``on_train_end``. Where the
   Trainer clips some other way (DeepSpeed, SageMaker MP, gradients on several device meshes) or no
   Trainer is found, the numbers are the post-clip ones of the optimizer pre-hook (a warning says so).
-- ``on_log``: the Trainer's ``loss`` (mean over the logging interval, already a host number) is
-  recorded as ``loss`` at the step just taken, its ``grad_norm`` as ``hf_grad_norm``.
+- The training loss of **every optimizer step** is recorded as ``loss``, without a host sync: the
+  Trainer's ``training_step`` (found the same way) is wrapped for the run and each micro-batch's
+  returned loss tensor goes to ``mon.log`` (scaled so that the step's value is the sum the Trainer
+  itself accumulates, i.e. the step's mean loss under gradient accumulation); it is read at the
+  next flush. Where no Trainer is found, ``on_log``'s ``loss`` (the mean over the logging interval,
+  every ``logging_steps``) is recorded as ``loss`` instead; otherwise as ``hf_loss``. The Trainer's
+  logged ``grad_norm`` is recorded as ``hf_grad_norm``.
 - ``on_train_end``: findings printed (main process) and stored as events; the Monitor closed.
 """
 
@@ -27,6 +32,8 @@ import os
 import sys
 import warnings
 from typing import Any
+
+import torch
 
 from gradguard.errors import GradguardError
 from gradguard.integrations._common import final_findings, unwrap_optimizer
@@ -79,6 +86,7 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
         self.findings: list[Any] = []
         self._early: Monitor | None = None  # the Monitor taking pre-clip statistics
         self._patched: Any = None  # the accelerator whose clip_grad_norm_ is wrapped
+        self._stepping: Any = None  # the Trainer whose training_step is wrapped
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._close()
@@ -104,8 +112,10 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
             **self.watch_options,
         )
         self.findings = []
+        trainer = self._find_trainer()
+        if trainer is not None:
+            self._wrap_training_step(trainer)
         if float(args.max_grad_norm) > 0:  # the Trainer clips: take the statistics before it
-            trainer = self._find_trainer()
             accelerator = getattr(trainer, "accelerator", None)
             if accelerator is None or not self._wrap_clip(accelerator):
                 warnings.warn(
@@ -128,6 +138,24 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
                 return obj
             frame = frame.f_back
         return None
+
+    def _wrap_training_step(self, trainer: Any) -> None:
+        step = getattr(trainer, "training_step", None)
+        if not callable(step) or "training_step" in vars(trainer) or self.monitor is None:
+            return  # someone else patched it: leave it alone (on_log's loss is recorded then)
+        mon = self.monitor
+
+        def training_step(*a: Any, **kw: Any) -> Any:
+            loss = step(*a, **kw)
+            if isinstance(loss, torch.Tensor) and loss.numel() == 1 and mon is self.monitor:
+                # each micro-batch's loss is scaled by 1/k (or normalised by the step's items):
+                # the Trainer sums them; mon.log averages what one step logs, so log k times each
+                k = getattr(trainer, "current_gradient_accumulation_steps", 1) or 1
+                mon.log(loss=loss.detach() * float(k))
+            return loss
+
+        trainer.training_step = training_step
+        self._stepping = trainer
 
     def _wrap_clip(self, accelerator: Any) -> bool:
         clip = getattr(accelerator, "clip_grad_norm_", None)
@@ -163,7 +191,10 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
         if self.monitor is None or not logs:
             return
         values = {}
+        per_step = self._stepping is not None  # the loss of every step is recorded already
         for key, name in _FROM_LOGS.items():
+            if key == "loss" and per_step:
+                name = "hf_loss"
             v = logs.get(key)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 values[name] = float(v)
@@ -176,6 +207,9 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
         self._close()
 
     def _close(self) -> None:
+        if self._stepping is not None:
+            vars(self._stepping).pop("training_step", None)  # the class's method again
+            self._stepping = None
         if self._patched is not None:
             accelerator, wrapper, before = self._patched
             if vars(accelerator).get("clip_grad_norm_") is wrapper:

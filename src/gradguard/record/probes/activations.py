@@ -65,8 +65,12 @@ class ActivationProbe:
         self.trace = trace
         self.error: BaseException | None = None
         L = len(self.layers)
-        self._own = torch.zeros((L, len(_HOW)), dtype=torch.float64, device=device)  # the layer's output
-        self._act = torch.zeros((L, len(_HOW)), dtype=torch.float64, device=device)  # its activation's
+        self._own = torch.zeros(
+            (L, len(_HOW)), dtype=torch.float64, device=device
+        )  # the layer's output
+        self._act = torch.zeros(
+            (L, len(_HOW)), dtype=torch.float64, device=device
+        )  # its activation's
         self._outputs: dict[int, tuple[int, torch.Tensor]] = {}  # id(output) -> (column, output)
         self._handles: list[Any] = []
 
