@@ -605,3 +605,50 @@ def test_no_host_read_between_flushes(monkeypatch: pytest.MonkeyPatch) -> None:
     steps, _ = mon.run.metric("act_grad_norm")
     assert steps.tolist() == [0, 1, 2, 3]
     assert mon.run.scalar("loss")[0].tolist() == [1, 2, 3]
+
+
+class _Attention(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.proj(x))
+
+
+class Block(nn.Module):
+    """A transformer-like block by its names (a Block with an Attention child)."""
+
+    def __init__(self, d: int, residual: bool) -> None:
+        super().__init__()
+        self.attn = _Attention(d)
+        self.mlp = nn.Linear(d, d)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.residual:
+            x = x + self.attn(x)
+            return x + self.mlp(x)
+        return self.mlp(self.attn(x))
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_the_graph_decides_residual_structure_not_class_names(residual: bool) -> None:
+    # regression (issue 12, item 5): a GPT whose residual adds were removed was recorded
+    # residual=True from its class names, so "add skip connections" was missing from its remedies
+    model = nn.Sequential(Block(8, residual), Block(8, residual), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gg.watch(model, opt, diagnose_online=False) as mon:
+        assert mon.run_config["residual"] is True  # the class-name guess before any forward
+        model(torch.randn(4, 8)).square().mean().backward()
+        opt.step()
+    assert mon.run.config["residual"] is residual
+    assert ("residual_module" in mon.run.config) is residual
+
+
+def test_class_names_stand_when_the_first_forward_has_no_graph() -> None:
+    model = nn.Sequential(Block(8, False), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gg.watch(model, opt, diagnose_online=False) as mon, torch.no_grad():
+        model(torch.randn(4, 8))  # e.g. an evaluation pass first: nothing to read
+    assert mon.run.config["residual"] is True and mon.run.config["residual_module"] == "Block"

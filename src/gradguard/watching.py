@@ -107,11 +107,11 @@ class Monitor(Recorder):
             self.run_config["optimizer"] = type(optimizer).__name__
         self.run_config["model"] = type(model).__name__
         if "residual" not in self.run_config:  # the user's run_config={"residual": ...} wins
-            hint = residual_hint(model)  # class names only; the first forward's graph may add one
+            # class names: a guess until the first forward's autograd graph decides
+            hint = residual_hint(model)
             self.run_config["residual"] = hint is not None
             if hint is not None:
                 self.run_config["residual_module"] = hint
-                self.trace.look_for_skips = False
         online = self.config.diagnose_online
         self.run_log = RunLog(
             name,

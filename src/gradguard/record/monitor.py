@@ -246,17 +246,26 @@ class Recorder:
             self._fail(ACTIVATIONS, e)
 
     def _learn_structure(self) -> None:
-        """Once the first forward was traced: skip connections go into the run config."""
+        """Once the first forward was traced, its autograd graph decides whether the model has
+        skip connections (class names, which the Monitor guessed from, are only a fallback for a
+        forward without a graph); a change goes into the run config, stored with the next flush."""
         if self._structure_seen or not self.trace.done:
             return
         self._structure_seen = True
         if self.trace.error is not None:
             self._fail(STRUCTURE, self.trace.error)
-        elif self.trace.skip_found and not self.run_config.get("residual"):
-            # the remedies then do not suggest adding skip connections; stored with the next flush
-            self.run_config["residual"] = True
-            self.run_config["residual_module"] = "autograd graph (h + f(h))"
-            self._config_changed = True
+            return
+        if not (self.trace.look_for_skips and self.trace.graph_seen):
+            return  # the user said so, or no graph to read: the class-name guess stands
+        cfg = self.run_config
+        before = (cfg.get("residual"), cfg.get("residual_module"))
+        if self.trace.skip_found:
+            cfg["residual"] = True
+            cfg.setdefault("residual_module", "autograd graph (h + f(h))")
+        else:  # e.g. a "Block" with attention whose residual adds were removed
+            cfg["residual"] = False
+            cfg.pop("residual_module", None)
+        self._config_changed = before != (cfg.get("residual"), cfg.get("residual_module"))
 
     # ------------------------------------------------------------------ user API
     def log(self, **scalars: float | int | torch.Tensor) -> None:

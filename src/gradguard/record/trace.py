@@ -32,7 +32,9 @@ class FirstForwardTrace:
     After the first forward, :attr:`order` holds the layer columns in forward order,
     :attr:`activation_of` maps a layer column to the activation module that consumed its output,
     and :attr:`skip_found` says whether a skip connection was seen (with ``look_for_skips``).
-    :attr:`error` holds an exception the skip search raised (the trace itself never raises).
+    :attr:`graph_seen` says whether the first output had an autograd graph to search (not under
+    ``torch.no_grad()``); :attr:`error` holds an exception the skip search raised (the trace
+    itself never raises).
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class FirstForwardTrace:
         self.order: list[int] | None = None
         self.activation_of: dict[int, nn.Module] = {}
         self.skip_found = False
+        self.graph_seen = False
         self.error: BaseException | None = None
         self._seen: list[int] = []
         self._outputs: dict[int, int] = {}  # id(output tensor) -> layer column
@@ -97,7 +100,9 @@ class FirstForwardTrace:
         self.order = forward_order(self.layers, list(self._seen))
         if self.look_for_skips:
             try:
-                self.skip_found = has_skip_connection(first_tensor(output))
+                out = first_tensor(output)
+                self.graph_seen = getattr(out, "grad_fn", None) is not None
+                self.skip_found = has_skip_connection(out)
             except Exception as e:  # never break the forward pass
                 self.error = e
         self.remove()
