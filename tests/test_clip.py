@@ -269,6 +269,29 @@ def test_zclip_matches_reference_over_steps(dtype: torch.dtype) -> None:
         assert_grads(ps, [g * factors[s] for g in g0], dtype)
 
 
+def test_zclip_clips_a_blow_up_during_its_warmup() -> None:
+    # regression (issue 12, item 9): a 25-step warm-up let an explosion in the first steps through;
+    # during the warm-up a norm over warmup_factor x the largest so far is clipped to that bound
+    clipper = ZClip(warmup=25, warmup_factor=10.0)
+    norms, outs = [], []
+    for s, sc in enumerate([1.0, 1.5, 1000.0, 1.2]):
+        ps = make_params(torch.float32, seed=s, scale=sc)
+        norms.append(global_norm(grads64(ps)))
+        clipper(ps)
+        outs.append(global_norm(grads64(ps)))
+    assert outs[0] == pytest.approx(norms[0], rel=1e-5)
+    assert outs[1] == pytest.approx(norms[1], rel=1e-5)
+    assert outs[2] == pytest.approx(10 * max(norms[:2]), rel=1e-4)  # clipped to the bound
+    assert outs[3] == pytest.approx(norms[3], rel=1e-5)
+    assert float(clipper.peak) == pytest.approx(10 * max(norms[:2]), rel=1e-4)
+    off = ZClip(warmup=25, warmup_factor=None)
+    ps = make_params(torch.float32, seed=2, scale=1000.0)
+    off(make_params(torch.float32, seed=0))
+    before = global_norm(grads64(ps))
+    off(ps)
+    assert global_norm(grads64(ps)) == pytest.approx(before, rel=1e-5)
+
+
 def _nan_params() -> list[nn.Parameter]:
     ps = make_params(torch.float32, seed=99)
     ps[0].grad[0, 0] = float("nan")

@@ -104,6 +104,34 @@ def test_gradient_norm_spike_is_skipped() -> None:
     assert guard.step()  # the next normal step goes through
 
 
+def test_blow_up_in_the_first_steps_is_caught_by_the_warmup_rule() -> None:
+    # regression (issue 12, item 9): with a 20-step warm-up the guard let an explosion in the
+    # first 4 steps through; during the warm-up a norm far above the first ones is a spike
+    model, opt, guard, x, y = setup()  # warmup=20
+    for _ in range(2):
+        backward(model, opt, x, y)
+        assert guard.step()
+    backward(model, opt, x, y)
+    for p in model.parameters():
+        p.grad.mul_(1e3)
+    before = params(model)
+    assert guard.step() is False
+    ev = guard.events[-1]
+    assert ev.kind == "grad_spike" and ev.z is None and "warm-up" in ev.message
+    assert all(torch.equal(a, b) for a, b in zip(before, params(model)))  # not applied
+    loss = backward(model, opt, x, y)
+    assert guard.step(loss)  # a normal step goes through
+    backward(model, opt, x, y)
+    assert guard.step(loss * 100) is False  # the loss 100x the first one: a loss spike
+    assert guard.events[-1].kind == "loss_spike"
+    relaxed = gg.Guard(model, opt, warmup_factor=None)  # the old behaviour, on request
+    for scale in (1.0, 1e3):
+        backward(model, opt, x, y)
+        for p in model.parameters():
+            p.grad.mul_(scale)
+        assert relaxed.step()
+
+
 def test_first_nonfinite_event_carries_the_location() -> None:
     class Log(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

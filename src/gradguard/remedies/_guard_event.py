@@ -16,7 +16,7 @@ class GuardEvent:
     """One skipped optimizer step."""
 
     step: int  # index of the guard.step() call (0-based)
-    kind: str  # "nonfinite_loss", "nonfinite_grad" or "grad_spike"
+    kind: str  # "nonfinite_loss", "nonfinite_grad", "grad_spike" or "loss_spike" (warm-up)
     message: str  # one readable line
     grad_norm: float  # global gradient L2 norm (may be nan/inf)
     z: float | None  # robust z-score of the norm (spikes only)

@@ -32,7 +32,10 @@ class Guard:
     A step is bad when the loss (if given) or any gradient is NaN/Inf, or when the global
     gradient norm is a spike: its robust z-score ``(norm - median) / (1.4826 * MAD)`` against
     the last ``history`` good norms exceeds ``max_norm_z`` (checked after ``warmup`` good
-    steps; the scale is floored at 1% of the median). A bad step is not taken, a
+    steps; the scale is floored at 1% of the median). During the warm-up a blow-up in the first
+    steps is not let through: a norm above ``warmup_factor`` times the largest good norm so far,
+    or a loss above ``warmup_factor`` times the first good (positive) loss, is a spike too (an
+    absolute rule, said so in the event: the z-score has no statistics yet). A bad step is not taken, a
     :class:`GuardEvent` is appended to ``guard.events`` (and sent to ``monitor.event`` when
     attached through ``gg.watch(..., guard=guard)``), with ``rollback=True`` the model and
     optimizer go back to the last snapshot (deep copies on the device, taken at start and
@@ -59,7 +62,9 @@ class Guard:
         optimizer: its optimizer.
         max_norm_z: robust z-score above which a gradient norm is a spike (None: no check).
         history: how many past good norms the z-score uses.
-        warmup: good steps before spikes are checked.
+        warmup: good steps before the z-score is used.
+        warmup_factor: during the warm-up, a norm (or positive loss) this many times the largest
+            good norm (the first good loss) is a spike (> 1; None: nothing is checked then).
         rollback: restore the last snapshot (and back the learning rate off) on a bad step.
         snapshot_every: good steps between snapshots (rollback only).
         lr_backoff: factor in (0, 1] applied to every learning rate on each skip; None (the
@@ -77,6 +82,7 @@ class Guard:
         max_norm_z: float | None = 10.0,
         history: int = 100,
         warmup: int = 20,
+        warmup_factor: float | None = 10.0,
         rollback: bool = False,
         snapshot_every: int = 100,
         lr_backoff: float | None = None,
@@ -91,6 +97,9 @@ class Guard:
         )
         history = int(check_number("history", history, low=2, low_inclusive=True, integer=True))
         self.warmup = int(check_number("warmup", warmup, low=0, low_inclusive=True, integer=True))
+        self.warmup_factor = (
+            None if warmup_factor is None else check_number("warmup_factor", warmup_factor, low=1.0)
+        )
         self.snapshot_every = int(
             check_number("snapshot_every", snapshot_every, low=1, low_inclusive=True, integer=True)
         )
@@ -117,6 +126,7 @@ class Guard:
         self.good_steps = 0
         self.scaler_skips = 0  # steps the GradScaler skipped for overflow (not events)
         self._norms: deque[float] = deque(maxlen=history)  # good norms, on the host
+        self._first_loss: float | None = None  # the first good step's loss (warm-up rule)
         self._params = [p for p in model.parameters()]
         self._named = [(n, p) for n, p in model.named_parameters()]
         self._located = False
@@ -185,13 +195,15 @@ class Guard:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             self._norms.append(norm)
+            if self._first_loss is None and loss_v is not None:
+                self._first_loss = loss_v
             self.good_steps += 1
             if self.rollback and self.good_steps - (self.snapshot_step or 0) >= self.snapshot_every:
                 self.take_snapshot()
             return True
         if self.scaler is not None:
             # flag not readable: a non-finite step whose scale goes down was the scaler's skip
-            ask = found_inf is None and kind != "grad_spike"
+            ask = found_inf is None and kind.startswith("nonfinite")
             before = float(self.scaler.get_scale()) if ask else 0.0
             self.scaler.update()  # no optimizer step: it must not see these gradients
             if ask and float(self.scaler.get_scale()) < before:
@@ -248,13 +260,27 @@ class Guard:
             return "nonfinite_loss", None
         if not _finite(norm):
             return "nonfinite_grad", None
-        if self.max_norm_z is None or len(self._norms) < max(self.warmup, 2):
+        if self.max_norm_z is None:
             return None, None
+        if len(self._norms) < max(self.warmup, 2):
+            return self._judge_warmup(norm, loss), None
         hist = list(self._norms)
         med = statistics.median(hist)
         mad = statistics.median(abs(x - med) for x in hist)
         z = (norm - med) / max(1.4826 * mad, 0.01 * abs(med), 1e-12)
         return ("grad_spike", z) if z > self.max_norm_z else (None, z)
+
+    def _judge_warmup(self, norm: float, loss: float | None) -> str | None:
+        """The absolute rule of the warm-up: far above the largest good norm, or the first loss."""
+        f = self.warmup_factor
+        if f is None or not self._norms:
+            return None
+        if norm > f * max(self._norms):
+            return "grad_spike"
+        first = self._first_loss
+        if loss is not None and first is not None and first > 0 and loss > f * first:
+            return "loss_spike"
+        return None
 
     def _first_bad_layer(self) -> str | None:
         for name, p in self._named:
@@ -274,7 +300,12 @@ class Guard:
     ) -> None:
         layer = self._first_bad_layer() if kind == "nonfinite_grad" else None
         where = None
-        if kind != "grad_spike" and self.locate and not self._located and inputs is not None:
+        if (
+            kind.startswith("nonfinite")
+            and self.locate
+            and not self._located
+            and inputs is not None
+        ):
             self._located = True
             try:
                 where = locate_nonfinite(self.model, inputs, self.loss_fn, target)
@@ -284,7 +315,15 @@ class Guard:
             "nonfinite_loss": f"loss is {loss}",
             "nonfinite_grad": f"gradient norm is {norm}" + (f", first in {layer}" if layer else ""),
             "grad_spike": f"gradient norm {norm:.4g} has robust z-score {z or 0:.1f} > {self.max_norm_z:g}",
+            "loss_spike": f"loss {loss} is over {self.warmup_factor:g}x the first step's",
         }[kind]
+        if kind == "grad_spike" and z is None:  # the warm-up's absolute rule decided
+            msg = (
+                f"gradient norm {norm:.4g} is over {self.warmup_factor:g}x the largest of the "
+                f"first {len(self._norms)} good steps' (warm-up: absolute rule, no z-score yet)"
+            )
+        elif kind == "loss_spike":
+            msg += " (warm-up: absolute rule)"
         rolled = self.rollback and self._snapshot is not None
         if rolled:
             self._roll_back()
