@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Finding, Severity
+from gradguard.diagnosis.view import RunView
 from gradguard.runs.store import Run
 
 __all__ = ["new_findings", "key", "ONLINE_RULES"]
