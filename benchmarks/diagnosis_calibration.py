@@ -21,20 +21,16 @@ import sys
 import numpy as np
 
 import gradguard as gg
-from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.config import DiagnosisConfig
+from gradguard.diagnosis.view import RunView
+from gradguard.format import number
 from gradguard.lab import run_experiment
+from gradguard.metrics import ACT_SAT_FRAC, ACT_ZERO_FRAC, LOSS, Metric
 
 TRAINED = ("remedies", "exploding_training", "residual_depth")
 
 
-def _fmt(x: float) -> str:
-    if not math.isfinite(x):
-        return "-" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    return f"{x:.2g}" if (abs(x) >= 1e3 or abs(x) < 1e-2) and x != 0 else f"{x:.2f}"
-
-
-def _max(run: gg.Run, metric: str) -> float:
+def _max(run: gg.Run, metric: Metric) -> float:
     if not run.has_metric(metric):
         return math.nan
     v = run.metric(metric)[1]
@@ -45,7 +41,7 @@ def row(label: str, run: gg.Run) -> str:
     view = RunView(run, DiagnosisConfig())
     signal = view.backward_signal()
     start, recent = view.depth_fit(signal, "start"), view.depth_fit(signal, "recent")
-    _, loss = run.scalar("loss") if "loss" in run.scalar_names else (None, np.array([]))
+    _, loss = run.scalar(LOSS) if LOSS in run.scalar_names else (None, np.array([]))
     finite = loss[np.isfinite(loss)] if loss.size else loss
     loss_ratio = float(finite[-1] / finite[0]) if finite.size >= 2 and finite[0] else math.nan
     found = [f for f in gg.diagnose(run) if f.kind != "healthy"]
@@ -53,12 +49,12 @@ def row(label: str, run: gg.Run) -> str:
     cells = [
         label,
         signal,
-        _fmt(start.gain) if start else "-",
-        f"x{_fmt(start.per_layer)}" if start else "-",
-        _fmt(recent.gain) if recent else "-",
-        _fmt(_max(run, "act_sat_frac")),
-        _fmt(_max(run, "act_zero_frac")),
-        _fmt(loss_ratio),
+        number(start.gain if start else None),
+        f"x{number(start.per_layer)}" if start else number(None),
+        number(recent.gain if recent else None),
+        number(_max(run, ACT_SAT_FRAC)),
+        number(_max(run, ACT_ZERO_FRAC)),
+        number(loss_ratio),
         verdict,
     ]
     return "| " + " | ".join(cells) + " |"

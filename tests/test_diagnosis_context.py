@@ -12,6 +12,7 @@ from torch import nn
 
 import gradguard as gg
 from gradguard.diagnosis import Finding, diagnose
+from gradguard.metrics import GRAD_RMS
 from gradguard.model.structure import residual_hint
 from gradguard.record.batch import Layer
 from gradguard.runs.run import Run
@@ -66,7 +67,7 @@ def vanishing_with(config: dict, n: int = 10) -> Finding:
     v = 1e-2 * 0.3 ** np.arange(n - 1, -1, -1, dtype=np.float64) * np.ones((8, n))
     run = Run.from_arrays(
         layers=[Layer(i, f"fc{i}", "Linear", activation="ReLU") for i in range(n)],
-        metrics={"grad_rms": (np.arange(8), v)},
+        metrics={GRAD_RMS: (np.arange(8), v)},
         config=config,
     )
     return next(f for f in diagnose(run) if f.kind == "vanishing_gradients")

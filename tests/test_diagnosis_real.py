@@ -10,6 +10,7 @@ from torch import nn
 
 import gradguard as gg
 from gradguard.diagnosis import Finding, Severity, diagnose
+from gradguard.metrics import ACT_GRAD_NORM, GRAD_RMS, LOSS
 from gradguard.runs.run import Run
 
 D_IN, D_OUT, BATCH = 16, 4, 32
@@ -77,7 +78,7 @@ def test_deep_sigmoid_with_tiny_init_vanishes() -> None:
     found = kinds(diagnose(run))
     f = found["vanishing_gradients"]
     assert f.severity is Severity.CRITICAL
-    assert f.data["signal"] == "act_grad_norm"
+    assert f.data["signal"] == ACT_GRAD_NORM
     # reference: sigmoid'(~0) = 0.25 and ||W^T v|| ~ 0.01 * sqrt(16) ||v|| -> ~0.01 per layer
     assert 0.005 < f.data["per_layer"] < 0.02
     assert f.data["ratio_first_last"] < 1e-20
@@ -117,7 +118,7 @@ def test_nan_injected_at_step_k_in_layer_j() -> None:
     assert f.severity is Severity.CRITICAL
     assert f.steps is not None and f.steps[0] == k
     assert f.layers == (name,)
-    assert f.data["sources"]["loss"] == k + 1  # the NaN weight poisons the next forward pass
+    assert f.data["sources"][LOSS] == k + 1  # the NaN weight poisons the next forward pass
     assert f.remedies[0].how.startswith("print(gg.locate_nonfinite(model, x, loss_fn, y))")
 
 
@@ -127,11 +128,11 @@ def test_relu_sigma_w2_4_explodes_although_weight_gradients_are_flat() -> None:
     run = record(mlp(20, 32, nn.ReLU, sigma_w2=4.0), steps=10, lr=1e-3)
     f = kinds(diagnose(run))["exploding_gradients"]
     assert f.severity >= Severity.WARNING
-    assert f.data["signal"] == "act_grad_norm"
+    assert f.data["signal"] == ACT_GRAD_NORM
     # at initialisation: x sqrt(2) per layer (finite width 32 gives a little less or more)
     assert math.sqrt(2.0) / 1.15 < f.data["per_layer_start"] < math.sqrt(2.0) * 1.15
     assert f.data["forward_ratio"] > 10
     assert "weight-gradient RMS stays flat" in f.evidence
     # the weight-gradient profile on its own: no finding
-    rms_only = Run.from_arrays(layers=run.layers, metrics={"grad_rms": run.metric("grad_rms")})
+    rms_only = Run.from_arrays(layers=run.layers, metrics={GRAD_RMS: run.metric(GRAD_RMS)})
     assert "exploding_gradients" not in kinds(diagnose(rms_only))

@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from gradguard.diagnosis import Finding, Severity, diagnose
 from gradguard.diagnosis.online import new_findings
-from gradguard.metrics import LAYER_METRICS as METRICS
+from gradguard.metrics import GRAD_NORM_TOTAL, LAYER_METRICS, LOSS, LR
 from gradguard.record.batch import Layer
 from gradguard.runs.run import Run
 
@@ -34,11 +34,11 @@ def runs(draw: st.DrawFn) -> Run:
     steps = np.arange(n_steps) * draw(st.integers(1, 3))
     metrics = {
         m: (steps, draw(arrays(np.float64, (n_steps, n_layers), elements=values)))
-        for m in draw(st.lists(st.sampled_from(METRICS), unique=True))
+        for m in draw(st.lists(st.sampled_from(LAYER_METRICS), unique=True))
     }
     scalars = {
         s: (steps, draw(arrays(np.float64, (n_steps,), elements=values)))
-        for s in draw(st.lists(st.sampled_from(["loss", "lr", "grad_norm_total"]), unique=True))
+        for s in draw(st.lists(st.sampled_from([LOSS, LR, GRAD_NORM_TOTAL]), unique=True))
     }
     return Run.from_arrays(layers=layers, metrics=metrics, scalars=scalars)
 
@@ -96,10 +96,10 @@ def long_runs(draw: st.DrawFn) -> Run:
 
     metrics = {
         m: (steps, series((n_steps, n_layers)))
-        for m in draw(st.lists(st.sampled_from(METRICS), unique=True, max_size=6))
+        for m in draw(st.lists(st.sampled_from(LAYER_METRICS), unique=True, max_size=6))
     }
-    scalars = {"loss": (steps, series((n_steps,)))}
-    for k in draw(st.lists(st.sampled_from(["lr", "grad_norm_total"]), unique=True)):
+    scalars = {LOSS: (steps, series((n_steps,)))}
+    for k in draw(st.lists(st.sampled_from([LR, GRAD_NORM_TOTAL]), unique=True)):
         scalars[k] = (steps, series((n_steps,)))
     return Run.from_arrays(layers=layers, metrics=metrics, scalars=scalars)
 
@@ -145,8 +145,8 @@ def test_degenerate_shapes(n_steps: int, n_layers: int, fill: float) -> None:
     steps = np.arange(n_steps)
     run = Run.from_arrays(
         layers=[Layer(i, f"l{i}", "Linear", activation="Tanh") for i in range(n_layers)],
-        metrics={m: (steps, np.full((n_steps, n_layers), fill)) for m in METRICS},
-        scalars={s: (steps, np.full(n_steps, fill)) for s in ("loss", "grad_norm_total")},
+        metrics={m: (steps, np.full((n_steps, n_layers), fill)) for m in LAYER_METRICS},
+        scalars={s: (steps, np.full(n_steps, fill)) for s in (LOSS, GRAD_NORM_TOTAL)},
     )
     findings = diagnose(run)
     check_output(findings)
@@ -162,7 +162,7 @@ def test_single_step_long_series_and_large_runs_are_fast_enough() -> None:
     s, n = 2000, 60
     run = Run.from_arrays(
         layers=[f"l{i}" for i in range(n)],
-        metrics={m: (np.arange(s), rng.lognormal(size=(s, n))) for m in METRICS},
-        scalars={k: (np.arange(s), rng.lognormal(size=s)) for k in ("loss", "grad_norm_total")},
+        metrics={m: (np.arange(s), rng.lognormal(size=(s, n))) for m in LAYER_METRICS},
+        scalars={k: (np.arange(s), rng.lognormal(size=s)) for k in (LOSS, GRAD_NORM_TOTAL)},
     )
     check_output(diagnose(run))

@@ -10,6 +10,19 @@ import pytest
 
 from gradguard.diagnosis import DiagnosisConfig, Finding, Severity, diagnose
 from gradguard.errors import ConfigError
+from gradguard.metrics import (
+    ACT_GRAD_NORM,
+    ACT_SAT_FRAC,
+    ACT_STD,
+    ACT_ZERO_FRAC,
+    GRAD_NORM,
+    GRAD_NORM_TOTAL,
+    GRAD_RMS,
+    LOSS,
+    NONFINITE,
+    UPDATE_RATIO,
+    WEIGHT_NORM,
+)
 from gradguard.record.batch import Layer
 from gradguard.runs.run import Run
 
@@ -55,13 +68,13 @@ def one(findings: list[Finding], kind: str) -> Finding:
 @pytest.mark.parametrize(
     ("metric", "per_layer", "kind", "severity"),
     [
-        ("grad_rms", 0.3, "vanishing_gradients", Severity.CRITICAL),  # 0.3^9 = 2e-5
-        ("grad_rms", 0.55, "vanishing_gradients", Severity.WARNING),  # 0.55^9 = 4.6e-3
-        ("grad_rms", 0.72, "vanishing_gradients", Severity.INFO),  # 0.72^9 = 0.052
-        ("act_grad_norm", 0.3, "vanishing_gradients", Severity.CRITICAL),
-        ("grad_rms", 3.0, "exploding_gradients", Severity.CRITICAL),  # 3^9 = 2e4
-        ("grad_rms", 1.8, "exploding_gradients", Severity.WARNING),  # 1.8^9 = 198
-        ("act_grad_norm", 1.35, "exploding_gradients", Severity.INFO),  # 1.35^9 = 15
+        (GRAD_RMS, 0.3, "vanishing_gradients", Severity.CRITICAL),  # 0.3^9 = 2e-5
+        (GRAD_RMS, 0.55, "vanishing_gradients", Severity.WARNING),  # 0.55^9 = 4.6e-3
+        (GRAD_RMS, 0.72, "vanishing_gradients", Severity.INFO),  # 0.72^9 = 0.052
+        (ACT_GRAD_NORM, 0.3, "vanishing_gradients", Severity.CRITICAL),
+        (GRAD_RMS, 3.0, "exploding_gradients", Severity.CRITICAL),  # 3^9 = 2e4
+        (GRAD_RMS, 1.8, "exploding_gradients", Severity.WARNING),  # 1.8^9 = 198
+        (ACT_GRAD_NORM, 1.35, "exploding_gradients", Severity.INFO),  # 1.35^9 = 15
     ],
 )
 def test_depth_profile_is_fitted(
@@ -80,7 +93,7 @@ def test_depth_profile_is_fitted(
 @pytest.mark.parametrize("per_layer", [0.8, 0.9, 1.0, 1.1, 1.25])
 def test_healthy_depth_profiles_stay_silent(per_layer: float) -> None:
     # 1.25^9 = 7.5 and 0.8^9 = 0.13: within the 10x measured on healthy nets
-    run = make_run(metrics={"grad_rms": depth_values(per_layer, noise=0.3)})
+    run = make_run(metrics={GRAD_RMS: depth_values(per_layer, noise=0.3)})
     findings = diagnose(run)
     assert not by_kind(findings, "vanishing_gradients")
     assert not by_kind(findings, "exploding_gradients")
@@ -95,11 +108,11 @@ def test_exploding_hidden_from_weight_gradients_is_found_from_dl_dh() -> None:
     run = make_run(
         n=n,
         metrics={
-            "grad_rms": depth_values(1.0, n=n),
-            "act_grad_norm": depth_values(g, n=n),
-            "act_std": 1.0 / depth_values(g, n=n),
+            GRAD_RMS: depth_values(1.0, n=n),
+            ACT_GRAD_NORM: depth_values(g, n=n),
+            ACT_STD: 1.0 / depth_values(g, n=n),
         },
-        scalars={"loss": np.r_[np.full(5, 140.0), np.full(25, 1.4)]},
+        scalars={LOSS: np.r_[np.full(5, 140.0), np.full(25, 1.4)]},
     )
     f = one(diagnose(run), "exploding_gradients")
     assert f.severity is Severity.WARNING  # 2^9.5 ~ 724x: warning by magnitude
@@ -110,10 +123,10 @@ def test_exploding_hidden_from_weight_gradients_is_found_from_dl_dh() -> None:
 
 
 def test_loss_far_too_large_makes_a_mild_explosion_a_warning() -> None:
-    mild = {"act_grad_norm": depth_values(1.35)}
+    mild = {ACT_GRAD_NORM: depth_values(1.35)}
     assert one(diagnose(make_run(metrics=mild)), "exploding_gradients").severity is Severity.INFO
     loss = np.r_[np.full(5, 50.0), np.full(25, 1.0)]
-    f = one(diagnose(make_run(metrics=mild, scalars={"loss": loss})), "exploding_gradients")
+    f = one(diagnose(make_run(metrics=mild, scalars={LOSS: loss})), "exploding_gradients")
     assert f.severity is Severity.WARNING
 
 
@@ -129,9 +142,7 @@ def test_batchnorm_layers_are_off_the_depth_axis() -> None:
         if i < L - 1:
             layers.append(Layer(len(layers), f"bn{i}", "BatchNorm1d", activation="ReLU"))
             cols.append(rng.uniform(1e-3, 1.0, S))
-    run = Run.from_arrays(
-        layers=layers, metrics={"grad_rms": (np.arange(S), np.stack(cols, axis=1))}
-    )
+    run = Run.from_arrays(layers=layers, metrics={GRAD_RMS: (np.arange(S), np.stack(cols, axis=1))})
     f = one(diagnose(run), "vanishing_gradients")
     assert f.layers == tuple(f"fc{i}" for i in range(L))
     assert f.data["per_layer"] == pytest.approx(0.3, rel=0.05)
@@ -142,12 +153,12 @@ def test_adaptive_optimizer_compensation_lowers_severity() -> None:
     flat_updates = depth_values(1.0)
     vanishing_updates = depth_values(0.55)
     f = one(
-        diagnose(make_run(metrics={"grad_rms": grads, "update_ratio": flat_updates})),
+        diagnose(make_run(metrics={GRAD_RMS: grads, UPDATE_RATIO: flat_updates})),
         "vanishing_gradients",
     )
     assert f.severity is Severity.INFO and f.data["compensated"]
     f = one(
-        diagnose(make_run(metrics={"grad_rms": grads, "update_ratio": vanishing_updates})),
+        diagnose(make_run(metrics={GRAD_RMS: grads, UPDATE_RATIO: vanishing_updates})),
         "vanishing_gradients",
     )
     assert f.severity is Severity.WARNING and not f.data["compensated"]
@@ -156,14 +167,14 @@ def test_adaptive_optimizer_compensation_lowers_severity() -> None:
 def test_underflowed_early_layers_are_critical() -> None:
     v = depth_values(0.8)
     v[:, :4] = 0.0  # the gradient underflowed to exactly 0 in fp32
-    f = one(diagnose(make_run(metrics={"grad_rms": v})), "vanishing_gradients")
+    f = one(diagnose(make_run(metrics={GRAD_RMS: v})), "vanishing_gradients")
     assert f.severity is Severity.CRITICAL
     assert f.data["zero_layers"] == ["fc0", "fc1", "fc2", "fc3"]
     assert "exactly zero gradient" in f.evidence
 
 
 def test_sigmoid_vanishing_ranks_activation_change_first() -> None:
-    run = make_run(metrics={"grad_rms": depth_values(0.3)}, activation="Sigmoid")
+    run = make_run(metrics={GRAD_RMS: depth_values(0.3)}, activation="Sigmoid")
     f = one(diagnose(run), "vanishing_gradients")
     assert f.remedies[0].name == "ReLU-family activation"
     assert "0.25" in f.cause
@@ -178,7 +189,7 @@ def lognormal(n: int, sigma: float, seed: int = 0, level: float = 1.0) -> np.nda
 def test_gradient_spikes_are_found_at_their_steps() -> None:
     g = lognormal(200, 0.3)
     g[[60, 150]] *= 50
-    f = one(diagnose(make_run(scalars={"grad_norm_total": g})), "exploding_gradients")
+    f = one(diagnose(make_run(scalars={GRAD_NORM_TOTAL: g})), "exploding_gradients")
     assert f.severity is Severity.WARNING
     assert f.data["spike_steps"] == [60, 150]
     assert "first at step 60" in f.evidence
@@ -190,9 +201,7 @@ def test_gradient_spikes_are_found_at_their_steps() -> None:
 @pytest.mark.parametrize("sigma", [0.2, 0.5, 0.8])
 def test_noise_does_not_trigger_spikes(seed: int, sigma: float) -> None:
     g = lognormal(500, sigma, seed)
-    findings = diagnose(
-        make_run(scalars={"grad_norm_total": g, "loss": lognormal(500, 0.2, seed + 9)})
-    )
+    findings = diagnose(make_run(scalars={GRAD_NORM_TOTAL: g, LOSS: lognormal(500, 0.2, seed + 9)}))
     assert not by_kind(findings, "exploding_gradients")
     assert not by_kind(findings, "divergence")
 
@@ -202,7 +211,7 @@ def test_noise_does_not_trigger_spikes(seed: int, sigma: float) -> None:
 )
 def test_exponential_growth_over_time(rate: float, severity: Severity | None) -> None:
     g = rate ** np.arange(200) * lognormal(200, 0.1)
-    found = by_kind(diagnose(make_run(scalars={"grad_norm_total": g})), "exploding_gradients")
+    found = by_kind(diagnose(make_run(scalars={GRAD_NORM_TOTAL: g})), "exploding_gradients")
     if severity is None:
         assert not found
     else:
@@ -215,7 +224,7 @@ def test_exponential_growth_over_time(rate: float, severity: Severity | None) ->
 def test_weight_norms_growing_an_order_of_magnitude() -> None:
     w = np.ones((50, L))
     w[:, 3] = np.geomspace(1.0, 30.0, 50)
-    f = one(diagnose(make_run(metrics={"weight_norm": w})), "exploding_gradients")
+    f = one(diagnose(make_run(metrics={WEIGHT_NORM: w})), "exploding_gradients")
     assert list(f.data["weight_growth"]) == ["fc3"]
     assert "'fc3'" in f.evidence
 
@@ -227,10 +236,10 @@ def test_nonfinite_names_first_step_and_layer() -> None:
     nf[8:, :] = 100.0
     loss = np.ones(12)
     loss[8:] = np.nan
-    f = one(diagnose(make_run(metrics={"nonfinite": nf}, scalars={"loss": loss})), "nonfinite")
+    f = one(diagnose(make_run(metrics={NONFINITE: nf}, scalars={LOSS: loss})), "nonfinite")
     assert f.severity is Severity.CRITICAL
     assert f.steps == (7, 11) and f.layers == ("fc4",)
-    assert f.data["first_step"] == 7 and f.data["sources"]["loss"] == 8
+    assert f.data["first_step"] == 7 and f.data["sources"][LOSS] == 8
     assert len(f.data["layers_affected"]) == L
 
 
@@ -240,19 +249,19 @@ def test_nonfinite_weights_are_the_origin() -> None:
     w[5:, 6] = np.nan
     nf = np.zeros((10, L))
     nf[5:, :] = 1
-    f = one(diagnose(make_run(metrics={"weight_norm": w, "nonfinite": nf})), "nonfinite")
+    f = one(diagnose(make_run(metrics={WEIGHT_NORM: w, NONFINITE: nf})), "nonfinite")
     assert f.layers == ("fc6",) and f.steps[0] == 5
 
 
 @pytest.mark.parametrize(
     ("metrics", "scalars", "expect"),
     [
-        ({"grad_norm": np.where(np.arange(L) == 2, np.inf, 1.0) * np.ones((4, L))}, {}, (0, "fc2")),
-        ({}, {"loss": np.r_[np.ones(6), np.inf]}, (6, None)),
-        ({}, {"grad_norm_total": np.r_[np.ones(3), np.nan, np.ones(3)]}, (3, None)),
+        ({GRAD_NORM: np.where(np.arange(L) == 2, np.inf, 1.0) * np.ones((4, L))}, {}, (0, "fc2")),
+        ({}, {LOSS: np.r_[np.ones(6), np.inf]}, (6, None)),
+        ({}, {GRAD_NORM_TOTAL: np.r_[np.ones(3), np.nan, np.ones(3)]}, (3, None)),
         # NaN in a layer that never has a value means "not recorded", not NaN
-        ({"grad_norm": np.where(np.arange(L) == 2, np.nan, 1.0) * np.ones((4, L))}, {}, None),
-        ({"act_grad_norm": np.full((4, L), np.nan)}, {"loss": np.ones(5)}, None),
+        ({GRAD_NORM: np.where(np.arange(L) == 2, np.nan, 1.0) * np.ones((4, L))}, {}, None),
+        ({ACT_GRAD_NORM: np.full((4, L), np.nan)}, {LOSS: np.ones(5)}, None),
     ],
 )
 def test_nonfinite_sources(metrics, scalars, expect) -> None:
@@ -277,7 +286,7 @@ def test_nonfinite_sources(metrics, scalars, expect) -> None:
 def test_saturation(act: str, frac: float, severity: Severity | None) -> None:
     sat = np.full((S, L), frac)
     sat[:, :5] = 0.01
-    found = by_kind(diagnose(make_run(metrics={"act_sat_frac": sat}, activation=act)), "saturation")
+    found = by_kind(diagnose(make_run(metrics={ACT_SAT_FRAC: sat}, activation=act)), "saturation")
     if severity is None:
         assert not found
         return
@@ -301,7 +310,7 @@ def test_saturation(act: str, frac: float, severity: Severity | None) -> None:
 def test_dead_units(act: str | None, frac: float, severity: Severity | None) -> None:
     z = np.full((S, L), 0.5)
     z[:, 2] = frac
-    found = by_kind(diagnose(make_run(metrics={"act_zero_frac": z}, activation=act)), "dead_units")
+    found = by_kind(diagnose(make_run(metrics={ACT_ZERO_FRAC: z}, activation=act)), "dead_units")
     if severity is None:
         assert not found
         return
@@ -317,17 +326,17 @@ def test_dead_units(act: str | None, frac: float, severity: Severity | None) -> 
 # ---------------------------------------------------------------------------- loss
 def test_stalled_learning() -> None:
     flat = 1.386 + 0.01 * np.random.default_rng(0).standard_normal(100)
-    f = one(diagnose(make_run(scalars={"loss": flat})), "stalled_learning")
+    f = one(diagnose(make_run(scalars={LOSS: flat})), "stalled_learning")
     assert f.severity is Severity.WARNING
     assert abs(f.data["relative_decrease"]) < 0.02
     learning = np.linspace(2.0, 0.5, 100) + 0.01 * np.random.default_rng(0).standard_normal(100)
-    assert not by_kind(diagnose(make_run(scalars={"loss": learning})), "stalled_learning")
-    assert not by_kind(diagnose(make_run(scalars={"loss": flat[:10]})), "stalled_learning")
+    assert not by_kind(diagnose(make_run(scalars={LOSS: learning})), "stalled_learning")
+    assert not by_kind(diagnose(make_run(scalars={LOSS: flat[:10]})), "stalled_learning")
 
 
 def test_divergence_rising_loss() -> None:
     loss = np.r_[np.linspace(2.0, 0.5, 60), np.linspace(0.5, 3.0, 40)]
-    f = one(diagnose(make_run(scalars={"loss": loss})), "divergence")
+    f = one(diagnose(make_run(scalars={LOSS: loss})), "divergence")
     assert f.severity is Severity.WARNING
     assert f.data["loss_best"] == pytest.approx(0.5, rel=0.1)
     assert f.remedies[0].name == "a lower learning rate"
@@ -336,10 +345,10 @@ def test_divergence_rising_loss() -> None:
 def test_divergence_loss_spike_and_oscillation() -> None:
     loss = np.linspace(2.0, 1.0, 100) * np.exp(0.02 * np.random.default_rng(0).standard_normal(100))
     loss[70] = 20.0
-    f = one(diagnose(make_run(scalars={"loss": loss})), "divergence")
+    f = one(diagnose(make_run(scalars={LOSS: loss})), "divergence")
     assert f.data["spike_steps"] == [70]
     osc = 1.0 + 0.8 * (-1.0) ** np.arange(100)  # 1.8, 0.2, 1.8, ...
-    f = one(diagnose(make_run(scalars={"loss": osc})), "divergence")
+    f = one(diagnose(make_run(scalars={LOSS: osc})), "divergence")
     assert "oscillates" in f.evidence
 
 
@@ -347,8 +356,8 @@ def test_divergence_loss_spike_and_oscillation() -> None:
 def test_sorted_by_severity_and_healthy_only_when_nothing_warns() -> None:
     run = make_run(
         metrics={
-            "grad_rms": depth_values(0.72),
-            "nonfinite": np.r_[np.zeros((19, L)), np.ones((1, L))],
+            GRAD_RMS: depth_values(0.72),
+            NONFINITE: np.r_[np.zeros((19, L)), np.ones((1, L))],
         },
     )
     findings = diagnose(run)
@@ -357,7 +366,7 @@ def test_sorted_by_severity_and_healthy_only_when_nothing_warns() -> None:
     )
     assert findings[0].kind == "nonfinite"
     assert not by_kind(findings, "healthy")
-    healthy = one(diagnose(make_run(metrics={"grad_rms": depth_values(1.0)})), "healthy")
+    healthy = one(diagnose(make_run(metrics={GRAD_RMS: depth_values(1.0)})), "healthy")
     assert healthy.severity is Severity.INFO and "per layer" in healthy.evidence
 
 
@@ -367,7 +376,7 @@ def test_empty_run_says_no_data() -> None:
 
 
 def test_thresholds_come_from_the_config() -> None:
-    run = make_run(metrics={"grad_rms": depth_values(0.72)})  # ratio ~19
+    run = make_run(metrics={GRAD_RMS: depth_values(0.72)})  # ratio ~19
     assert one(diagnose(run), "vanishing_gradients").severity is Severity.INFO
     strict = DiagnosisConfig(depth_info=2.0, depth_warning=5.0, depth_critical=1e3)
     assert one(diagnose(run, config=strict), "vanishing_gradients").severity is Severity.WARNING
@@ -375,7 +384,7 @@ def test_thresholds_come_from_the_config() -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(ConfigError, match="needs a gradguard Run"):
-        diagnose({"grad_norm": []})  # type: ignore[arg-type]
+        diagnose({GRAD_NORM: []})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="DiagnosisConfig"):
         diagnose(make_run(), config={"depth_info": 3})  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="depth_info <= depth_warning"):
@@ -383,7 +392,7 @@ def test_bad_arguments() -> None:
 
 
 def test_finding_renders() -> None:
-    run = make_run(metrics={"grad_rms": depth_values(0.3)}, activation="Sigmoid")
+    run = make_run(metrics={GRAD_RMS: depth_values(0.3)}, activation="Sigmoid")
     f = one(diagnose(run), "vanishing_gradients")
     text = str(f)
     assert text.startswith("[CRITICAL] vanishing gradients (layers fc0, fc1, fc2, fc3 (+6 more)")
@@ -402,9 +411,9 @@ def test_sometimes_unused_layer_is_not_nonfinite() -> None:
     # regression: a layer used on some steps only has NaN grad_norm (no gradient) elsewhere
     g = np.ones((8, L))
     g[::2, 5] = np.nan
-    run = make_run(metrics={"grad_norm": g, "grad_rms": g, "nonfinite": np.zeros((8, L))})
+    run = make_run(metrics={GRAD_NORM: g, GRAD_RMS: g, NONFINITE: np.zeros((8, L))})
     assert not by_kind(diagnose(run), "nonfinite")
-    run = make_run(metrics={"update_ratio": g})
+    run = make_run(metrics={UPDATE_RATIO: g})
     assert not by_kind(diagnose(run), "nonfinite")
 
 
@@ -454,7 +463,7 @@ def _loss_run(loss: np.ndarray, **scalars: np.ndarray) -> Run:
     s = np.arange(len(loss))
     return Run.from_arrays(
         layers=["a", "b"],
-        scalars={"loss": (s, loss), **{k: (s, v) for k, v in scalars.items()}},
+        scalars={LOSS: (s, loss), **{k: (s, v) for k, v in scalars.items()}},
     )
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Finding, Severity
+from gradguard.diagnosis.view import RunView
 from gradguard.errors import ConfigError
 from gradguard.runs.run import Run
 

@@ -8,23 +8,12 @@ import warnings
 import numpy as np
 
 __all__ = [
-    "fmt",
     "nanmedian",
     "log_profile",
     "theil_sen",
     "spikes",
     "windows",
 ]
-
-
-def fmt(x: float) -> str:
-    """A number for a sentence: 3 significant digits, scientific when tiny or huge."""
-    if x is None or not math.isfinite(x):
-        return str(x)
-    a = abs(x)
-    if a != 0 and (a < 1e-3 or a >= 1e5):
-        return f"{x:.2g}"
-    return f"{x:.3g}"
 
 
 def nanmedian(a: np.ndarray, axis: int | None = None) -> np.ndarray | float:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # rich is imported where used (an optional dependency)
+    from rich.panel import Panel
+    from rich.text import Text
 
 __all__ = ["Severity", "Remedy", "Finding"]
 
@@ -111,13 +115,13 @@ class Finding:
             lines.append(f"  {i}. {r.name}: {r.why} -> {r.how}")
         return "\n".join(lines)
 
-    def __rich__(self) -> Any:
+    def __rich__(self) -> Panel:
         from rich.console import Group
         from rich.panel import Panel
         from rich.text import Text
 
         color = {"info": "green", "warning": "yellow", "critical": "red"}[self.severity.value]
-        body: list[Any] = []
+        body: list[Text] = []
         where = self._where()
         if where:
             body.append(Text(where, style="dim"))

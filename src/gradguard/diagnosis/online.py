@@ -18,9 +18,9 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 
-from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Finding, Severity
+from gradguard.diagnosis.view import RunView
 from gradguard.record.batch import Batch, Event, Layer
 from gradguard.record.failures import user_stacklevel
 from gradguard.runs.log import RunLog

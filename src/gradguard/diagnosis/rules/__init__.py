@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.finding import Finding
 from gradguard.diagnosis.rules import (
     dead_units,
@@ -20,6 +19,7 @@ from gradguard.diagnosis.rules import (
     stalled,
     vanishing,
 )
+from gradguard.diagnosis.view import RunView
 
 __all__ = ["RULES", "healthy"]
 

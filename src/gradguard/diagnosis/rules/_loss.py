@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradguard.diagnosis._view import RunView
+from gradguard.diagnosis.view import RunView
+from gradguard.metrics import LOSS
 
 __all__ = ["finite_loss", "fifths"]
 
 
 def finite_loss(view: RunView) -> tuple[np.ndarray, np.ndarray]:
-    steps, loss = view.scalar("loss")
+    steps, loss = view.scalar(LOSS)
     ok = np.isfinite(loss)
     return steps[ok], loss[ok]
 

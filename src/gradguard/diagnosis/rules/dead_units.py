@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradguard.diagnosis._stats import fmt
-from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.diagnosis.knowledge import activation_family
+from gradguard.diagnosis.view import RunView
+from gradguard.format import number
+from gradguard.metrics import ACT_ZERO_FRAC
 
 __all__ = ["KIND", "check"]
 
@@ -24,7 +25,7 @@ def check(view: RunView) -> list[Finding]:
         [activation_family(lay.activation) == "dying" for lay in view.run.layers], dtype=bool
     )
     frac = np.fmax(
-        view.column_median("act_zero_frac", "start"), view.column_median("act_zero_frac", "recent")
+        view.column_median(ACT_ZERO_FRAC, "start"), view.column_median(ACT_ZERO_FRAC, "recent")
     )
     hit = np.flatnonzero(relu & (np.nan_to_num(frac, nan=0.0) >= cfg.dead_warning))
     if len(hit) == 0:
@@ -36,16 +37,16 @@ def check(view: RunView) -> list[Finding]:
             kind=KIND,
             severity=severity,
             layers=view.layer_names(hit),
-            steps=view.step_range("act_zero_frac"),
+            steps=view.step_range(ACT_ZERO_FRAC),
             evidence=(
-                f"{len(hit)} ReLU layer(s) output zero {fmt(100 * float(np.mean(frac[hit])))}% of the "
-                f"time (worst '{view.names[worst]}': {fmt(100 * float(frac[worst]))}%; healthy ~50%)"
+                f"{len(hit)} ReLU layer(s) output zero {number(100 * float(np.mean(frac[hit])))}% of the "
+                f"time (worst '{view.names[worst]}': {number(100 * float(frac[worst]))}%; healthy ~50%)"
             ),
             cause=(
                 "A ReLU unit whose pre-activation is negative for every input outputs 0 and gets "
                 "gradient 0, so it can never recover; large steps or a negative bias shift kill units."
             ),
             remedies=view.remedies(KIND, activation="relu"),
-            data={"zero_frac": {view.names[int(j)]: float(frac[j]) for j in hit}},
+            data={"zero_frac": {view.names[int(pos)]: float(frac[pos]) for pos in hit}},
         )
     ]

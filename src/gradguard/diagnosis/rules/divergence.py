@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradguard.diagnosis._stats import fmt, spikes
-from gradguard.diagnosis._view import RunView
+from gradguard.diagnosis._stats import spikes
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.diagnosis.rules._loss import fifths, finite_loss
+from gradguard.diagnosis.view import RunView
+from gradguard.format import number
 
 __all__ = ["KIND", "check"]
 
@@ -39,7 +40,7 @@ def check(view: RunView) -> list[Finding]:
     if end >= cfg.rise_ratio * best and best > 0 and rise >= cfg.rise_min_fraction * abs(start):
         severity = Severity.CRITICAL if end >= cfg.divergence_critical * best else Severity.WARNING
         parts.append(
-            f"loss rose from its best {fmt(best)} to {fmt(end)} ({fmt(end / best)}x) "
+            f"loss rose from its best {number(best)} to {number(end)} ({number(end / best)}x) "
             f"by step {int(steps[-1])}"
         )
     hits = spikes(
@@ -60,8 +61,8 @@ def check(view: RunView) -> list[Finding]:
         if alternation >= cfg.oscillation_alternation and amplitude >= cfg.oscillation_amplitude:
             severity = severity or Severity.WARNING
             parts.append(
-                f"loss oscillates: {fmt(100 * alternation)}% of steps reverse direction, "
-                f"by {fmt(100 * amplitude)}% of its level"
+                f"loss oscillates: {number(100 * alternation)}% of steps reverse direction, "
+                f"by {number(100 * amplitude)}% of its level"
             )
     if severity is None:
         return []

@@ -15,10 +15,20 @@ import math
 
 import numpy as np
 
-from gradguard.diagnosis._stats import fmt, nanmedian, spikes
-from gradguard.diagnosis._view import DepthFit, RunView
+from gradguard.diagnosis._stats import nanmedian, spikes
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.diagnosis.rules._common import grade
+from gradguard.diagnosis.view import DepthFit, RunView
+from gradguard.format import number
+from gradguard.metrics import (
+    ACT_GRAD_NORM,
+    ACT_SAT_FRAC,
+    ACT_STD,
+    GRAD_NORM_TOTAL,
+    GRAD_RMS,
+    LOSS,
+    WEIGHT_NORM,
+)
 
 __all__ = ["KIND", "check", "check_depth", "check_time"]
 
@@ -42,7 +52,7 @@ def _best(fits: list[DepthFit | None]) -> DepthFit | None:
 
 def _loss_start_ratio(view: RunView) -> float:
     """Loss over the first steps / its median over the recent window (>1: started too large)."""
-    _, loss = view.scalar("loss")
+    _, loss = view.scalar(LOSS)
     loss = loss[np.isfinite(loss)]
     if len(loss) < 2 * view.config.start_steps:
         return math.nan
@@ -56,7 +66,7 @@ def check_depth(view: RunView) -> list[Finding]:
     sig = view.backward_signal()
     start, recent = view.depth_fit(sig, "start"), view.depth_fit(sig, "recent")
     back = _best([start, recent])
-    fwd_fits = [view.depth_fit("act_std", w) for w in ("start", "recent")]
+    fwd_fits = [view.depth_fit(ACT_STD, w) for w in ("start", "recent")]
     fwd = min((f for f in fwd_fits if f is not None and f.ok), key=lambda f: f.gain, default=None)
     back_ratio = back.gain if back is not None else math.nan
     fwd_ratio = 1.0 / fwd.gain if fwd is not None and fwd.gain > 0 else math.nan
@@ -67,30 +77,30 @@ def check_depth(view: RunView) -> list[Finding]:
     names = view.layer_names(view.main)
     parts = []
     if back is not None and back.per_layer > 1:
-        what = "dL/dh (act_grad_norm)" if sig == "act_grad_norm" else "grad_rms"
+        what = f"dL/dh ({ACT_GRAD_NORM})" if sig == ACT_GRAD_NORM else str(GRAD_RMS)
         parts.append(
-            f"{what} grows x{fmt(back.per_layer)} per layer toward the input; layer '{names[0]}' gets "
-            f"{fmt(back.gain)}x the gradient of layer '{names[-1]}' (fitted over {back.n} layers, "
+            f"{what} grows x{number(back.per_layer)} per layer toward the input; layer '{names[0]}' gets "
+            f"{number(back.gain)}x the gradient of layer '{names[-1]}' (fitted over {back.n} layers, "
             f"steps {back.steps[0]}..{back.steps[1]})"
         )
     if fwd is not None and fwd.per_layer < 1:
         parts.append(
-            f"activations grow x{fmt(1 / fwd.per_layer)} per layer forward "
-            f"(act_std {fmt(fwd.first)} -> {fmt(fwd.last)})"
+            f"activations grow x{number(1 / fwd.per_layer)} per layer forward "
+            f"({ACT_STD} {number(fwd.first)} -> {number(fwd.last)})"
         )
-    if sig == "act_grad_norm":
-        wg = _best([view.depth_fit("grad_rms", w) for w in ("start", "recent")])
+    if sig == ACT_GRAD_NORM:
+        wg = _best([view.depth_fit(GRAD_RMS, w) for w in ("start", "recent")])
         if wg is not None and wg.gain < cfg.depth_info:
             parts.append(
-                f"weight-gradient RMS stays flat (x{fmt(wg.per_layer)} per layer), "
+                f"weight-gradient RMS stays flat (x{number(wg.per_layer)} per layer), "
                 "so per-layer grad norms alone hide it"
             )
     lr = _loss_start_ratio(view)
     if math.isfinite(lr) and lr >= cfg.loss_start_note:
-        parts.append(f"the loss starts {fmt(lr)}x above its later level")
+        parts.append(f"the loss starts {number(lr)}x above its later level")
     # consequences make a mild explosion a warning: a loss that starts >= 10x too large, or
     # saturated units (the forward signal blew up into the flat tails)
-    sat = view.column_median("act_sat_frac")[view.main]
+    sat = view.column_median(ACT_SAT_FRAC)[view.main]
     saturated = bool(np.any(np.nan_to_num(sat) >= cfg.saturation_warning))
     if severity is Severity.INFO and (
         (math.isfinite(lr) and lr >= cfg.loss_start_warning) or saturated
@@ -123,7 +133,7 @@ def check_depth(view: RunView) -> list[Finding]:
 
 def check_time(view: RunView) -> list[Finding]:
     cfg = view.config
-    steps, g = view.scalar("grad_norm_total")
+    steps, g = view.scalar(GRAD_NORM_TOTAL)
     ok = np.isfinite(g) & (g > 0)
     steps, g = steps[ok], g[ok]
     parts: list[str] = []
@@ -141,8 +151,8 @@ def check_time(view: RunView) -> list[Finding]:
         if growth >= cfg.time_growth_warning:
             raise_to(Severity.CRITICAL if growth >= cfg.time_growth_critical else Severity.WARNING)
             parts.append(
-                f"grad_norm_total grew {fmt(growth)}x ({fmt(float(np.median(g[:k])))} -> "
-                f"{fmt(float(np.median(g[-k:])))}) over steps {int(steps[0])}..{int(steps[-1])}"
+                f"{GRAD_NORM_TOTAL} grew {number(growth)}x ({number(float(np.median(g[:k])))} -> "
+                f"{number(float(np.median(g[-k:])))}) over steps {int(steps[0])}..{int(steps[-1])}"
             )
     hits = spikes(
         g,
@@ -158,12 +168,12 @@ def check_time(view: RunView) -> list[Finding]:
         worst = int(np.argmax(jump))
         raise_to(Severity.WARNING)
         parts.append(
-            f"grad_norm_total spiked {len(hits)} time(s), first at step {int(steps[hits[0]])}; "
-            f"largest {fmt(float(jump[worst]))}x its running median "
+            f"{GRAD_NORM_TOTAL} spiked {len(hits)} time(s), first at step {int(steps[hits[0]])}; "
+            f"largest {number(float(jump[worst]))}x its running median "
             f"at step {int(steps[hits[worst]])}"
         )
         data["spike_steps"] = [int(steps[i]) for i in hits]
-    wsteps, w = view.metric("weight_norm")
+    wsteps, w = view.metric(WEIGHT_NORM)
     if len(wsteps) >= cfg.min_time_points:
         order = np.argsort(wsteps, kind="stable")
         w = np.where(np.isfinite(w[order]), w[order], np.nan)
@@ -173,12 +183,12 @@ def check_time(view: RunView) -> list[Finding]:
         grown = np.flatnonzero(np.nan_to_num(grow, nan=0.0, posinf=0.0) >= cfg.weight_growth)
         if len(grown):
             raise_to(Severity.WARNING)
-            j = int(grown[np.argmax(grow[grown])])
+            most = int(grown[np.argmax(grow[grown])])
             parts.append(
-                f"weight norms grew >= {fmt(cfg.weight_growth)}x in {len(grown)} layer(s) "
-                f"(most: '{view.names[j]}' x{fmt(float(grow[j]))})"
+                f"weight norms grew >= {number(cfg.weight_growth)}x in {len(grown)} layer(s) "
+                f"(most: '{view.names[most]}' x{number(float(grow[most]))})"
             )
-            data["weight_growth"] = {view.names[int(i)]: float(grow[i]) for i in grown}
+            data["weight_growth"] = {view.names[int(pos)]: float(grow[pos]) for pos in grown}
     if severity is None:
         return []
     return [
@@ -186,7 +196,7 @@ def check_time(view: RunView) -> list[Finding]:
             kind=KIND,
             severity=severity,
             layers=(),
-            steps=(int(steps[0]), int(steps[-1])) if len(steps) else view.step_range("weight_norm"),
+            steps=(int(steps[0]), int(steps[-1])) if len(steps) else view.step_range(WEIGHT_NORM),
             evidence="; ".join(parts),
             cause=_CAUSE_TIME,
             remedies=view.remedies(KIND, spike=bool(len(hits))),

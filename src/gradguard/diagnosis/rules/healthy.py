@@ -7,10 +7,12 @@ import math
 
 import numpy as np
 
-from gradguard.diagnosis._stats import fmt, nanmedian
-from gradguard.diagnosis._view import RunView
+from gradguard.diagnosis._stats import nanmedian
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.diagnosis.rules._loss import fifths, finite_loss
+from gradguard.diagnosis.view import RunView
+from gradguard.format import number
+from gradguard.metrics import GRAD_NORM, GRAD_NORM_TOTAL, LOSS, UPDATE_RATIO
 
 __all__ = ["KIND", "check"]
 
@@ -36,29 +38,29 @@ def check(view: RunView) -> list[Finding]:
     fit = view.depth_fit(sig, "recent")
     if fit is not None and fit.ok:
         parts.append(
-            f"{sig} x{fmt(fit.per_layer)} per layer toward the input "
-            f"(first/last {fmt(fit.gain)} over {fit.n} layers)"
+            f"{sig} x{number(fit.per_layer)} per layer toward the input "
+            f"(first/last {number(fit.gain)} over {fit.n} layers)"
         )
         data["per_layer"], data["ratio_first_last"] = fit.per_layer, fit.gain
     _, loss = finite_loss(view)
     if len(loss) >= 2:
         a, b = fifths(loss)
-        parts.append(f"loss {fmt(a)} -> {fmt(b)}")
+        parts.append(f"loss {number(a)} -> {number(b)}")
         data["loss_start"], data["loss_end"] = a, b
-    ur = float(nanmedian(view.column_median("update_ratio")))
+    ur = float(nanmedian(view.column_median(UPDATE_RATIO)))
     if math.isfinite(ur):
-        parts.append(f"median update_ratio {fmt(ur)}")
-        data["update_ratio"] = ur
-    _, g = view.scalar("grad_norm_total")
+        parts.append(f"median {UPDATE_RATIO} {number(ur)}")
+        data[UPDATE_RATIO] = ur
+    _, g = view.scalar(GRAD_NORM_TOTAL)
     g = g[np.isfinite(g)]
     if len(g):
-        parts.append(f"median grad_norm_total {fmt(float(np.median(g)))}")
-        data["grad_norm_total"] = float(np.median(g))
+        parts.append(f"median {GRAD_NORM_TOTAL} {number(float(np.median(g)))}")
+        data[GRAD_NORM_TOTAL] = float(np.median(g))
     return [
         Finding(
             kind=KIND,
             severity=Severity.INFO,
-            steps=view.step_range("grad_norm", "loss", "grad_norm_total"),
+            steps=view.step_range(GRAD_NORM, LOSS, GRAD_NORM_TOTAL),
             evidence="; ".join(parts) or "no rule found a problem",
             cause="No rule found vanishing or exploding gradients, non-finite values, saturation, dead units, a stall or divergence.",
             data=data,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradguard.diagnosis._stats import fmt
-from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.finding import Finding, Severity
+from gradguard.diagnosis.view import RunView
+from gradguard.format import number
+from gradguard.metrics import ACT_SAT_FRAC
 
 __all__ = ["KIND", "check"]
 
@@ -20,7 +21,7 @@ KIND = "saturation"
 def check(view: RunView) -> list[Finding]:
     cfg = view.config
     frac = np.fmax(
-        view.column_median("act_sat_frac", "start"), view.column_median("act_sat_frac", "recent")
+        view.column_median(ACT_SAT_FRAC, "start"), view.column_median(ACT_SAT_FRAC, "recent")
     )
     hit = np.flatnonzero(np.nan_to_num(frac, nan=0.0) >= cfg.saturation_warning)
     if len(hit) == 0:
@@ -30,17 +31,17 @@ def check(view: RunView) -> list[Finding]:
     severity = (
         Severity.CRITICAL if float(frac[worst]) >= cfg.saturation_critical else Severity.WARNING
     )
-    acts = {view.run.layers[int(j)].activation for j in hit} - {None}
+    acts = {view.run.layers[int(pos)].activation for pos in hit} - {None}
     act = ", ".join(sorted(str(a) for a in acts)) or "bounded activation"
     return [
         Finding(
             kind=KIND,
             severity=severity,
             layers=view.layer_names(hit),
-            steps=view.step_range("act_sat_frac"),
+            steps=view.step_range(ACT_SAT_FRAC),
             evidence=(
-                f"{fmt(100 * mean)}% of {act} outputs lie within 1% of their bounds in "
-                f"{len(hit)} layer(s) (worst '{view.names[worst]}': {fmt(100 * float(frac[worst]))}%)"
+                f"{number(100 * mean)}% of {act} outputs lie within 1% of their bounds in "
+                f"{len(hit)} layer(s) (worst '{view.names[worst]}': {number(100 * float(frac[worst]))}%)"
             ),
             cause=(
                 f"Pre-activations are so large that {act} is flat there: its derivative is ~0, so "
@@ -49,6 +50,6 @@ def check(view: RunView) -> list[Finding]:
             remedies=view.remedies(
                 KIND, saturation=True, activation=next(iter(acts), view.activation)
             ),
-            data={"sat_frac": {view.names[int(j)]: float(frac[j]) for j in hit}},
+            data={"sat_frac": {view.names[int(pos)]: float(frac[pos]) for pos in hit}},
         )
     ]

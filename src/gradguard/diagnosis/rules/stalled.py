@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradguard.diagnosis._stats import fmt
-from gradguard.diagnosis._view import RunView
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.diagnosis.rules._loss import fifths, finite_loss
+from gradguard.diagnosis.view import RunView
+from gradguard.format import number
+from gradguard.metrics import ACT_SAT_FRAC
 
 __all__ = ["KIND", "check"]
 
@@ -26,7 +27,7 @@ def check(view: RunView) -> list[Finding]:
     rel = (start - end) / scale
     if rel >= cfg.stall_rel or end > start * (1 + cfg.stall_rel):
         return []  # learning, or rising (divergence)
-    sat = view.column_median("act_sat_frac")
+    sat = view.column_median(ACT_SAT_FRAC)
     return [
         Finding(
             kind=KIND,
@@ -34,7 +35,7 @@ def check(view: RunView) -> list[Finding]:
             layers=(),
             steps=(int(steps[0]), int(steps[-1])),
             evidence=(
-                f"loss {fmt(start)} -> {fmt(end)} ({fmt(-100 * rel)}%) over "
+                f"loss {number(start)} -> {number(end)} ({number(-100 * rel)}%) over "
                 f"{len(loss)} recorded steps ({int(steps[0])}..{int(steps[-1])})"
             ),
             cause=(

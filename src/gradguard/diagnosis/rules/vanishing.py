@@ -13,18 +13,19 @@ import math
 
 import numpy as np
 
-from gradguard.diagnosis._stats import fmt
-from gradguard.diagnosis._view import DepthFit, RunView
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.diagnosis.knowledge import activation_family
 from gradguard.diagnosis.rules._common import downgrade, grade
+from gradguard.diagnosis.view import DepthFit, RunView
+from gradguard.format import number
+from gradguard.metrics import ACT_GRAD_NORM, ACT_SAT_FRAC, GRAD_RMS, UPDATE_RATIO
 
 __all__ = ["KIND", "check"]
 
 KIND = "vanishing_gradients"
 _SIGNAL = {
-    "act_grad_norm": "dL/dh (act_grad_norm)",
-    "grad_rms": "the weight-gradient RMS (grad_rms)",
+    ACT_GRAD_NORM: f"dL/dh ({ACT_GRAD_NORM})",
+    GRAD_RMS: f"the weight-gradient RMS ({GRAD_RMS})",
 }
 
 
@@ -42,12 +43,16 @@ def check(view: RunView) -> list[Finding]:
         return []
     ratio = 1.0 / fit.gain if fit.gain > 0 else math.inf
     # exact zeros in the early part (default: half) of the stack: the gradient underflowed there
-    early_zero = [j for j in fit.zero_layers if j < len(view.main) * cfg.underflow_early_fraction]
+    early_zero = [
+        main_pos
+        for main_pos in fit.zero_layers
+        if main_pos < len(view.main) * cfg.underflow_early_fraction
+    ]
     severity = Severity.CRITICAL if early_zero else grade(ratio, cfg)
     if severity is None or fit.per_layer >= 1.0:
         return []
     main_names = view.layer_names(view.main)
-    ur = view.column_median("update_ratio")[view.main]
+    ur = view.column_median(UPDATE_RATIO)[view.main]
     finite = np.flatnonzero(np.isfinite(ur))
     ur_first = float(ur[finite[0]]) if len(finite) else math.nan
     ur_last = float(ur[finite[-1]]) if len(finite) else math.nan
@@ -60,17 +65,15 @@ def check(view: RunView) -> list[Finding]:
     if compensated:
         severity = downgrade(severity)
     evidence = (
-        f"{_SIGNAL[sig]} falls x{fmt(fit.per_layer)} per layer toward the input; "
-        f"layer '{main_names[0]}' gets {fmt(fit.gain)} of the gradient of layer '{main_names[-1]}' "
+        f"{_SIGNAL[sig]} falls x{number(fit.per_layer)} per layer toward the input; "
+        f"layer '{main_names[0]}' gets {number(fit.gain)} of the gradient of layer '{main_names[-1]}' "
         f"(fitted over {fit.n} layers, steps {fit.steps[0]}..{fit.steps[1]}; "
-        f"measured {fmt(fit.first)} vs {fmt(fit.last)})"
+        f"measured {number(fit.first)} vs {number(fit.last)})"
     )
     if early_zero:
         evidence += f"; {len(fit.zero_layers)} layers get exactly zero gradient (underflow)"
     if len(finite) >= 2:
-        evidence += (
-            f"; update_ratio {fmt(ur_first)} in the first layer vs {fmt(ur_last)} in the last"
-        )
+        evidence += f"; {UPDATE_RATIO} {number(ur_first)} in the first layer vs {number(ur_last)} in the last"
         if compensated:
             evidence += " (the optimizer compensates: early layers still move)"
     act = view.activation
@@ -82,7 +85,7 @@ def check(view: RunView) -> list[Finding]:
     if activation_family(act) == "saturating":
         bound = "at most 0.25" if "sigmoid" in str(act).lower() else "near 0 where it saturates"
         cause += f" {act}'s derivative is {bound}, which makes the factor small."
-    sat = view.column_median("act_sat_frac")[view.main]
+    sat = view.column_median(ACT_SAT_FRAC)[view.main]
     saturated = bool(np.any(np.nan_to_num(sat) >= cfg.saturation_warning))
     return [
         Finding(
@@ -101,7 +104,7 @@ def check(view: RunView) -> list[Finding]:
                 "ratio_first_last": fit.gain,
                 "first": fit.first,
                 "last": fit.last,
-                "zero_layers": [main_names[j] for j in fit.zero_layers],
+                "zero_layers": [main_names[main_pos] for main_pos in fit.zero_layers],
                 "update_ratio_first": ur_first,
                 "update_ratio_last": ur_last,
                 "compensated": compensated,

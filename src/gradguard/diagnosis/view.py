@@ -1,4 +1,10 @@
-"""A run as the rules see it: main layers in depth order, windows of steps, depth fits, context."""
+"""A run as the rules see it: main layers in depth order, windows of steps, depth fits, context.
+
+Positions (local names ``pos`` and ``main_pos``): a layer's forward position ``pos`` is its place
+in ``run.layers`` and its column in every ``(steps, layers)`` array of the run (the stored
+``Layer.index``). :attr:`RunView.main` lists the forward positions of the layers on the depth
+axis; a ``main_pos`` is a place in that list (0 = the main layer nearest the input).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -14,9 +20,14 @@ from gradguard.diagnosis._stats import log_profile, nanmedian, theil_sen, window
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Remedy
 from gradguard.diagnosis.knowledge import remedies_for
+from gradguard.metrics import ACT_GRAD_NORM, GRAD_RMS, UPDATE_RATIO, Metric
 from gradguard.runs.run import Run
 
-__all__ = ["RunView", "DepthFit"]
+__all__ = ["RunView", "DepthFit", "Window"]
+
+# Steps a rule summarises: all of them, the first ones (start_steps; a depth fit: the first
+# recorded step) or the recent window (the last recent_fraction of the run)
+Window = Literal["all", "start", "recent"]
 
 _RECURRENT = {"RNN", "RNNCell"}  # vanilla recurrences (LSTM/GRU are the remedy)
 _SIDE_KINDS = ("Norm", "Embedding")  # layers whose statistics are not on the depth axis
@@ -37,14 +48,14 @@ class DepthFit:
     layer / last layer over the ``n`` layers; ``first``/``last`` are the medians measured there.
     """
 
-    metric: str
+    metric: Metric
     per_layer: float
     gain: float
     n: int
     first: float
     last: float
     steps: tuple[int, int]
-    zero_layers: tuple[int, ...]  # positions (in main-layer order) with exactly zero values
+    zero_layers: tuple[int, ...]  # main_pos of the layers with exactly zero values
 
     @property
     def ok(self) -> bool:
@@ -62,7 +73,8 @@ class RunView:
     # ------------------------------------------------------------------ layers
     @cached_property
     def main(self) -> list[int]:
-        """Column indices of the layers on the depth axis: the commonest non-norm kind, in order."""
+        """Columns of the layers on the depth axis (the commonest non-norm kind), in forward
+        order."""
         layers = self.run.layers
         kinds = [lay.kind for lay in layers if not any(s in lay.kind for s in _SIDE_KINDS)]
         if not kinds:
@@ -70,14 +82,17 @@ class RunView:
         common = Counter(kinds).most_common()
         top = common[0][1]
         chosen = {k for k, c in common if c == top}
-        idx = [i for i, lay in enumerate(layers) if lay.kind in chosen]
-        return idx if len(idx) >= 2 else [i for i, lay in enumerate(layers) if lay.kind in kinds]
+        main = [pos for pos, lay in enumerate(layers) if lay.kind in chosen]
+        if len(main) >= 2:
+            return main
+        return [pos for pos, lay in enumerate(layers) if lay.kind in kinds]
 
-    def layer_names(self, cols: list[int] | np.ndarray) -> tuple[str, ...]:
-        return tuple(self.names[int(i)] for i in cols)
+    def layer_names(self, positions: list[int] | np.ndarray) -> tuple[str, ...]:
+        """The names of the layers at these forward positions."""
+        return tuple(self.names[int(pos)] for pos in positions)
 
     # ------------------------------------------------------------------ metrics
-    def metric(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def metric(self, name: Metric) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values[S, L])`` with rows where every value is NaN removed."""
         steps, vals = self.run.metric(name)
         vals = np.asarray(vals, dtype=np.float64)
@@ -87,6 +102,7 @@ class RunView:
         return np.asarray(steps)[keep], vals[keep]
 
     def scalar(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values[S])`` in step order; ``name`` is a declared scalar or a user's own."""
         steps, vals = self.run.scalar(name)
         vals = np.asarray(vals, dtype=np.float64).reshape(-1)
         steps = np.asarray(steps).reshape(-1)
@@ -95,53 +111,53 @@ class RunView:
         order = np.argsort(steps, kind="stable")
         return steps[order], vals[order]
 
-    def depth_fit(self, name: str, window: str) -> DepthFit | None:
+    def depth_fit(self, name: Metric, window: Literal["start", "recent"]) -> DepthFit | None:
         """Fit log10(metric) over the main layers at the first recorded step ("start") or over
         the recent window (median per layer over the last ``recent_fraction`` of the steps)."""
         steps, vals = self.metric(name)
-        cols = self.main
-        if len(steps) == 0 or len(cols) < 2:
+        main = self.main
+        if len(steps) == 0 or len(main) < 2:
             return None
         order = np.argsort(steps, kind="stable")
-        steps, vals = steps[order], vals[order][:, cols]
+        steps, vals = steps[order], vals[order][:, main]
         # "start" is the first recorded step (initialisation): training can heal a bad init
         # within a few steps, so a median over more would hide it.
         _, recent = windows(len(steps), 1, self.config.recent_fraction)
         sl = slice(0, 1) if window == "start" else recent
-        w = vals[sl]
+        w = vals[sl]  # (steps in the window, main layers)
         prof = log_profile(w)
         zero = tuple(
-            int(j)
-            for j in range(w.shape[1])
-            if np.isfinite(w[:, j]).any() and np.all(w[:, j][np.isfinite(w[:, j])] == 0)
+            main_pos
+            for main_pos, col in enumerate(w.T)
+            if np.isfinite(col).any() and np.all(col[np.isfinite(col)] == 0)
         )
-        x = np.arange(len(cols), dtype=np.float64)
+        x = np.arange(len(main), dtype=np.float64)  # main_pos of each column of w
         b, _ = theil_sen(x, prof)
         ok = np.isfinite(prof)
         n = int(ok.sum())
         if not math.isfinite(b) or n < 2:
             return None
         span = float(x[ok].max() - x[ok].min())
-        first_j, last_j = int(np.flatnonzero(ok)[0]), int(np.flatnonzero(ok)[-1])
+        first, last = int(np.flatnonzero(ok)[0]), int(np.flatnonzero(ok)[-1])  # main_pos
         return DepthFit(
             metric=name,
             per_layer=_pow10(-b),
             gain=_pow10(-b * span),
             n=n,
-            first=_pow10(float(prof[first_j])),
-            last=_pow10(float(prof[last_j])),
+            first=_pow10(float(prof[first])),
+            last=_pow10(float(prof[last])),
             steps=(int(steps[sl][0]), int(steps[sl][-1])),
             zero_layers=zero,
         )
 
-    def backward_signal(self) -> str:
+    def backward_signal(self) -> Metric:
         """act_grad_norm (dL/dh) when recorded on >= 2 main layers, else grad_rms."""
-        _, v = self.metric("act_grad_norm")
+        _, v = self.metric(ACT_GRAD_NORM)
         if v.size and np.sum(np.isfinite(v[:, self.main]).any(axis=0)) >= 2:
-            return "act_grad_norm"
-        return "grad_rms"
+            return ACT_GRAD_NORM
+        return GRAD_RMS
 
-    def column_median(self, name: str, window: str = "all") -> np.ndarray:
+    def column_median(self, name: Metric, window: Window = "all") -> np.ndarray:
         """Per-layer median of a metric over a window ("all", "start", "recent"); NaN if absent."""
         steps, vals = self.metric(name)
         if len(steps) == 0:
@@ -157,7 +173,7 @@ class RunView:
             vals = np.where(np.isfinite(vals), vals, np.nan)
         return np.asarray(nanmedian(vals, axis=0), dtype=np.float64)
 
-    def step_range(self, *names: str) -> tuple[int, int] | None:
+    def step_range(self, *names: Metric) -> tuple[int, int] | None:
         """First and last step recorded for these metrics/scalars."""
         all_steps = [self.metric(n)[0] for n in names] + [self.scalar(n)[0] for n in names]
         s = np.concatenate([a for a in all_steps if len(a)] or [np.zeros(0, dtype=np.int64)])
@@ -166,12 +182,15 @@ class RunView:
     # ------------------------------------------------------------------ context
     @cached_property
     def activation(self) -> str | None:
-        acts = [self.run.layers[i].activation for i in self.main if self.run.layers[i].activation]
+        """The commonest activation after the main layers (None when none was seen)."""
+        layers = self.run.layers
+        acts = [layers[pos].activation for pos in self.main if layers[pos].activation]
         return Counter(acts).most_common(1)[0][0] if acts else None
 
     @cached_property
     def high_lr(self) -> bool:
-        med = nanmedian(self.column_median("update_ratio")[self.main]) if self.main else math.nan
+        """The main layers' median update_ratio is above ``config.high_update_ratio``."""
+        med = nanmedian(self.column_median(UPDATE_RATIO)[self.main]) if self.main else math.nan
         return bool(math.isfinite(med) and med > self.config.high_update_ratio)
 
     def context(self, **extra: Any) -> dict[str, Any]:
@@ -197,4 +216,6 @@ class RunView:
         return ctx
 
     def remedies(self, kind: str, **extra: Any) -> tuple[Remedy, ...]:
+        """The ranked remedies for a finding ``kind`` in this run's context (at most
+        ``config.max_remedies``)."""
         return remedies_for(kind, **self.context(**extra))[: self.config.max_remedies]
