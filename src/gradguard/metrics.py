@@ -31,6 +31,10 @@ __all__ = [
     "GRAD_NORM_TOTAL",
     "LR",
     "LOSS",
+    "CLIP_NORM_BEFORE",
+    "CLIP_NORM_AFTER",
+    "HF_GRAD_NORM",
+    "HF_LOSS",
     "LAYER_METRICS",
     "GRAD_METRICS",
     "ACT_METRICS",
@@ -92,6 +96,18 @@ GRAD_NORM_TOTAL = Metric(
 )
 LR = Metric("lr", "scalar", "", "learning rate of the optimizer's first parameter group")
 LOSS = Metric("loss", "scalar", "", "training loss, as passed to mon.log(loss=...)")
+CLIP_NORM_BEFORE = Metric(
+    "clip_norm_before", "scalar", "", "total gradient norm a gg.clip clipper saw (before clipping)"
+)
+CLIP_NORM_AFTER = Metric(
+    "clip_norm_after", "scalar", "", "total gradient norm after a gg.clip clipper"
+)
+HF_GRAD_NORM = Metric(
+    "hf_grad_norm", "scalar", "", "the Hugging Face Trainer's logged (pre-clip) total norm"
+)
+HF_LOSS = Metric(
+    "hf_loss", "scalar", "", "the Hugging Face Trainer's logged loss (mean over logging_steps)"
+)
 
 # Per-layer metrics in the row order of the Monitor's device buffer.
 LAYER_METRICS: tuple[Metric, ...] = (
@@ -110,7 +126,19 @@ LAYER_METRICS: tuple[Metric, ...] = (
 GRAD_METRICS = tuple(m for m in LAYER_METRICS if m.group == "grad")
 ACT_METRICS = tuple(m for m in LAYER_METRICS if m.group == "act")
 
-_ALL = {m: m for m in (*LAYER_METRICS, GRAD_NORM_TOTAL, LR, LOSS)}
+_ALL = {
+    m: m
+    for m in (
+        *LAYER_METRICS,
+        GRAD_NORM_TOTAL,
+        LR,
+        LOSS,
+        CLIP_NORM_BEFORE,
+        CLIP_NORM_AFTER,
+        HF_GRAD_NORM,
+        HF_LOSS,
+    )
+}
 
 
 def by_name(name: str) -> Metric | None:

@@ -42,6 +42,7 @@ import torch
 
 from gradguard.errors import GradguardError
 from gradguard.integrations._common import final_findings, run_closure_first, unwrap_optimizer
+from gradguard.metrics import GRAD_NORM, GRAD_NORM_TOTAL, NONFINITE, UPDATE_RATIO
 from gradguard.record.batch import Batch, Layer
 from gradguard.watching import Monitor
 
@@ -86,12 +87,12 @@ def key_scalars(batch: Batch, prefix: str = "gradguard/") -> dict[int, dict[str,
                 rows[has] = fn(values[has], axis=1)
             put(steps, rows, name)
 
-    if "grad_norm_total" in batch.scalars:
-        put(*batch.scalars["grad_norm_total"], "grad_norm_total")
-    over_layers("grad_norm", np.nanmin, "grad_norm_min")
-    over_layers("grad_norm", np.nanmax, "grad_norm_max")
-    over_layers("nonfinite", np.nansum, "nonfinite")
-    over_layers("update_ratio", np.nanmax, "update_ratio_max")
+    if GRAD_NORM_TOTAL in batch.scalars:
+        put(*batch.scalars[GRAD_NORM_TOTAL], GRAD_NORM_TOTAL)
+    over_layers(GRAD_NORM, np.nanmin, f"{GRAD_NORM}_min")
+    over_layers(GRAD_NORM, np.nanmax, f"{GRAD_NORM}_max")
+    over_layers(NONFINITE, np.nansum, NONFINITE)
+    over_layers(UPDATE_RATIO, np.nanmax, f"{UPDATE_RATIO}_max")
     return out
 
 

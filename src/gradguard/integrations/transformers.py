@@ -37,6 +37,7 @@ import torch
 
 from gradguard.errors import GradguardError
 from gradguard.integrations._common import final_findings, unwrap_optimizer
+from gradguard.metrics import HF_GRAD_NORM, HF_LOSS, LOSS
 from gradguard.watching import Monitor
 
 try:
@@ -50,7 +51,7 @@ except ImportError as e:
 __all__ = ["GradguardCallback"]
 
 # Trainer log keys recorded as scalars, and their names in the run.
-_FROM_LOGS = {"loss": "loss", "grad_norm": "hf_grad_norm"}
+_FROM_LOGS = {"loss": LOSS, "grad_norm": HF_GRAD_NORM}  # Trainer log key -> metric
 
 
 class GradguardCallback(TrainerCallback):  # type: ignore[misc]
@@ -151,7 +152,7 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
                 # each micro-batch's loss is scaled by 1/k (or normalised by the step's items):
                 # the Trainer sums them; mon.log averages what one step logs, so log k times each
                 k = getattr(trainer, "current_gradient_accumulation_steps", 1) or 1
-                mon.log(loss=loss.detach() * float(k))
+                mon.log(**{LOSS: loss.detach() * float(k)})
             return loss
 
         trainer.training_step = training_step
@@ -193,8 +194,8 @@ class GradguardCallback(TrainerCallback):  # type: ignore[misc]
         values = {}
         per_step = self._stepping is not None  # the loss of every step is recorded already
         for key, name in _FROM_LOGS.items():
-            if key == "loss" and per_step:
-                name = "hf_loss"
+            if name == LOSS and per_step:
+                name = HF_LOSS
             v = logs.get(key)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 values[name] = float(v)

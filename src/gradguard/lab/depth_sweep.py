@@ -30,6 +30,7 @@ from gradguard.lab._common import (
 )
 from gradguard.lab._figures import line_plot
 from gradguard.lab.data import digits
+from gradguard.metrics import GRAD_NORM
 from gradguard.report.experiment import ExperimentResult
 
 __all__ = ["run", "PRESETS"]
@@ -91,7 +92,7 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                     with deterministic(0):
                         rec = record_gradients(model, x, y, label, seeds=p["seeds"], init=init)
                     runs[label] = rec
-                    grads = rec.metric("grad_norm")[1][:, linear_columns(rec)]  # (seeds, depth + 1)
+                    grads = rec.metric(GRAD_NORM)[1][:, linear_columns(rec)]  # (seeds, depth + 1)
                     logs = np.log10(np.where(grads > 0, grads, np.nan))  # (seeds, depth + 1)
                     with warnings.catch_warnings():  # a layer with no positive value: NaN
                         warnings.simplefilter("ignore", RuntimeWarning)

@@ -29,6 +29,7 @@ from gradguard.lab._common import (
 )
 from gradguard.lab._figures import bar_plot, line_plot
 from gradguard.lab.data import digits
+from gradguard.metrics import GRAD_NORM
 from gradguard.report.experiment import ExperimentResult
 
 __all__ = ["run", "PRESETS", "CONFIGS", "EXTRA_OPTIONS"]
@@ -94,7 +95,7 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                     batch_size=p["batch"],
                     config="default",
                 )
-            grads = out.run.metric("grad_norm")[1][:, linear_columns(out.run)]  # (steps, depth + 1)
+            grads = out.run.metric(GRAD_NORM)[1][:, linear_columns(out.run)]  # (steps, depth + 1)
             with np.errstate(divide="ignore", invalid="ignore"):  # a dead layer has gradient 0
                 ratio = float(np.nanmedian(grads[:, 0] / grads[:, -2]))  # first / last hidden layer
             found = diagnose_or_empty(out.run)

@@ -28,6 +28,7 @@ from gradguard.lab._common import (
 )
 from gradguard.lab._figures import line_plot
 from gradguard.lab.data import digits
+from gradguard.metrics import GRAD_NORM
 from gradguard.report.experiment import ExperimentResult
 
 __all__ = ["run", "PRESETS"]
@@ -94,7 +95,7 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                         model, data, name=label, steps=p["steps"], lr=p["lr"], batch_size=p["batch"]
                     )
                 runs[f"{label}/init"], runs[label] = init, out.run
-                g = init.metric("grad_norm")[1][:, linear_columns(init)]  # (seeds, depth + 1)
+                g = init.metric(GRAD_NORM)[1][:, linear_columns(init)]  # (seeds, depth + 1)
                 rows.append(
                     {
                         "arch": arch,

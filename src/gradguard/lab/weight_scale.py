@@ -33,6 +33,7 @@ from gradguard.lab._common import (
 )
 from gradguard.lab._figures import line_plot
 from gradguard.lab.data import digits
+from gradguard.metrics import ACT_GRAD_NORM, GRAD_NORM
 from gradguard.report.experiment import ExperimentResult
 
 __all__ = ["run", "PRESETS", "theory_chi1"]
@@ -109,11 +110,11 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                     )
                 runs[label] = rec
                 cols = linear_columns(rec)
-                grads = rec.metric("grad_norm")[1][:, cols]  # (seeds, depth + 1)
+                grads = rec.metric(GRAD_NORM)[1][:, cols]  # (seeds, depth + 1)
                 first = float(np.exp(np.mean(np.log(grads[:, 0]))))
                 chi = float("nan")
-                if rec.has_metric("act_grad_norm"):
-                    sig = rec.metric("act_grad_norm")[1][:, cols[1:-1]]  # (seeds, hidden 2..depth)
+                if rec.has_metric(ACT_GRAD_NORM):
+                    sig = rec.metric(ACT_GRAD_NORM)[1][:, cols[1:-1]]  # (seeds, hidden 2..depth)
                     chi = float(np.nanmean([_growth(s) for s in sig]))
                 rows.append(
                     {

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from gradguard.errors import GradguardError
+from gradguard.metrics import CLIP_NORM_AFTER, CLIP_NORM_BEFORE
 from gradguard.record.kernels import total_norm
 from gradguard.remedies._checks import grads_of, params_list
 
@@ -52,7 +53,7 @@ class Clipper:
             if after is None:  # clippers that change the direction need a second norm
                 after = total_norm(grads)
             try:
-                self._monitor.log(clip_norm_before=before, clip_norm_after=after)
+                self._monitor.log(**{CLIP_NORM_BEFORE: before, CLIP_NORM_AFTER: after})
             except Exception as e:  # recording must never break the training it watches
                 warnings.warn(
                     f"gradguard: clip stopped logging to the monitor: {e}",
