@@ -12,7 +12,8 @@ from torch import nn
 
 import gradguard as gg
 from gradguard.cli import main
-from gradguard.report.terminal import flow_bars, fmt, sparkline
+from gradguard.format import number as fmt
+from gradguard.report.terminal import flow_bars, sparkline
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["number", "MISSING"]
+__all__ = ["number", "percent", "MISSING"]
 
 MISSING = "—"  # a value that was not measured (NaN or None)
 
@@ -26,6 +26,18 @@ def number(x: float | int | None, digits: int = 3) -> str:
         return "inf" if x > 0 else "-inf"
     if x == 0:
         return "0"
-    if 1e-3 <= abs(x) < 1e4:
+    rounded = float(f"{x:.{digits}g}")  # 9999 to 3 digits is 1e4: scientific, like 1e4 itself
+    if 1e-3 <= abs(rounded) < 1e4:
         return f"{x:.{digits}g}"
     return f"{x:.{digits - 1}e}"
+
+
+def percent(x: float | None, digits: int = 3) -> str:
+    """A fraction as a percentage with ``digits`` significant digits; :data:`MISSING` when unknown.
+
+    >>> percent(0.5), percent(0.1234), percent(0.0004), percent(None)
+    ('50%', '12.3%', '0.04%', '—')
+    """
+    if x is None or not math.isfinite(float(x)):
+        return MISSING
+    return f"{100 * float(x):.{digits}g}%"

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from gradguard.format import number
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -67,7 +69,7 @@ def print_result(console: Any, result: Any, max_rows: int = 40) -> None:
     where = result.key.get("where", {})
     rows = [r for r in result.table if all(r.get(k) == v for k, v in where.items())] or result.table
     rows = rows[:max_rows]
-    cells = {c: [_fmt(r.get(c)) for r in rows] for c in result.columns}
+    cells = {c: [_cell(r.get(c)) for r in rows] for c in result.columns}
     columns = [c for c in result.key.get("columns", result.columns) if c in cells]
     # table order: the first columns name the configuration, the last ones go first
     kept = fit_columns(
@@ -95,10 +97,10 @@ def print_result(console: Any, result: Any, max_rows: int = 40) -> None:
     console.print(result.reading)
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return "-" if v is None else str(v)
+def _cell(v: Any) -> str:
+    if isinstance(v, float) or v is None:
+        return number(v)
+    return str(v)
 
 
 def run(args: argparse.Namespace) -> int:

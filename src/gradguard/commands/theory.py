@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from typing import Any
+
+from gradguard.format import MISSING, number
 
 
 def register(sub: Any) -> None:
@@ -31,14 +32,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf"
-        return f"{v:.6g}"
-    return str(v)
+def _cell(v: Any) -> str:
+    return number(v) if isinstance(v, float) else str(v)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     }
     for key, text in meaning.items():
         value = crit if key == "critical_sigma_w2" else getattr(mf, key)
-        table.add_row(key, "-" if value is None else _fmt(value), text)
+        table.add_row(key, _cell(value) if value is not None else MISSING, text)
     console = Console()
     console.print(table)
     if mf.note:

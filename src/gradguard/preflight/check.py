@@ -33,6 +33,7 @@ from torch import nn
 
 from gradguard.diagnosis.finding import Finding
 from gradguard.errors import GradguardError
+from gradguard.format import number, percent
 from gradguard.model.layers import discover_layers
 from gradguard.model.tensors import first_tensor
 from gradguard.preflight.jacobian import JacobianStats, jacobian_stats
@@ -131,12 +132,12 @@ class CheckReport:
         }
 
     def _summary(self) -> str:
-        parts = [f"verdict: {self.verdict}", f"grad ratio first/last {_fmt(self.grad_ratio)}"]
-        parts.append(f"backward gain/layer {_fmt(self.backward_gain)}")
+        parts = [f"verdict: {self.verdict}", f"grad ratio first/last {number(self.grad_ratio)}"]
+        parts.append(f"backward gain/layer {number(self.backward_gain)}")
         if self.jacobian is not None:
             parts.append(
-                f"Jacobian mean sigma^2 {_fmt(self.jacobian.mean_sq_singular_value)}, "
-                f"max sigma {_fmt(self.jacobian.max_singular_value)}"
+                f"Jacobian mean sigma^2 {number(self.jacobian.mean_sq_singular_value)}, "
+                f"max sigma {number(self.jacobian.max_singular_value)}"
             )
         return " | ".join(parts)
 
@@ -167,31 +168,19 @@ class CheckReport:
         return Group(*parts)
 
 
-def _fmt(v: float | None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if v == 0 or (1e-3 <= abs(v) < 1e4):
-        return f"{v:.4g}"
-    return f"{v:.2e}"
-
-
 def _columns(report: CheckReport) -> tuple[list[str], list[list[str]]]:
     pred = any(math.isfinite(r.pred_q) for r in report.layers)
     head = ["#", "layer", "kind", "act", "act_std", "sat", "zero", "dead", "q", "grad_rms"]
     head += ["act_grad", "gain"] + (["pred_q", "pred_gain"] if pred else [])
     rows = []
     for r in report.layers:
-        cells = [str(r.index), r.name, r.kind, r.activation or "-", _fmt(r.act_std)]
-        cells += [_pct(r.sat_frac), _pct(r.zero_frac), _pct(r.dead_frac), _fmt(r.q)]
-        cells += [_fmt(r.grad_rms), _fmt(r.act_grad_norm), _fmt(r.gain)]
+        cells = [str(r.index), r.name, r.kind, r.activation or "-", number(r.act_std)]
+        cells += [percent(r.sat_frac), percent(r.zero_frac), percent(r.dead_frac), number(r.q)]
+        cells += [number(r.grad_rms), number(r.act_grad_norm), number(r.gain)]
         if pred:
-            cells += [_fmt(r.pred_q), _fmt(r.pred_gain)]
+            cells += [number(r.pred_q), number(r.pred_gain)]
         rows.append(cells)
     return head, rows
-
-
-def _pct(v: float) -> str:
-    return "-" if not math.isfinite(v) else f"{100 * v:.1f}%"
 
 
 # ---- the check -----------------------------------------------------------------------------------

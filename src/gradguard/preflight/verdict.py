@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradguard.diagnosis.finding import Finding, Remedy, Severity
+from gradguard.format import number
 
 __all__ = ["findings_for", "VERDICTS", "remedies"]
 
@@ -71,7 +72,9 @@ def findings_for(
         "has_norm": has_norm,
         "saturation": saturated,
     }
-    fitted = f"; fitted per-layer gain {backward_gain:.3g}" if math.isfinite(backward_gain) else ""
+    fitted = (
+        f"; fitted per-layer gain {number(backward_gain)}" if math.isfinite(backward_gain) else ""
+    )
     if nonfinite:
         out.append(
             Finding(
@@ -85,7 +88,7 @@ def findings_for(
         )
     if math.isfinite(grad_ratio) or grad_ratio == math.inf:
         evidence = (
-            f"gradient norm at the first layer's output is {grad_ratio:.3g}x that at the last "
+            f"gradient norm at the first layer's output is {number(grad_ratio)}x that at the last "
             f"layer's output{fitted}"
             if grad_ratio > 0
             else f"the gradient at the first layer's output underflowed to 0{fitted}"
@@ -157,12 +160,14 @@ def findings_for(
             )
         )
     if not out:
-        jac = f"; Jacobian mean squared singular value {jacobian_msv:.3g}" if jacobian_msv else ""
+        jac = (
+            f"; Jacobian mean squared singular value {number(jacobian_msv)}" if jacobian_msv else ""
+        )
         out.append(
             Finding(
                 "healthy",
                 Severity.INFO,
-                evidence=f"gradient ratio first/last layer {grad_ratio:.3g}{fitted}{jac}",
+                evidence=f"gradient ratio first/last layer {number(grad_ratio)}{fitted}{jac}",
                 cause="signals and gradients keep their scale through the depth at these weights",
                 data={"grad_ratio": grad_ratio, "backward_gain": backward_gain},
             )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gradguard.diagnosis.finding import Finding, Severity
+from gradguard.format import MISSING, number
 from gradguard.report._template import esc
 
 __all__ = ["cell", "finding_html", "findings_html", "table_html", "severity_counts"]
@@ -17,22 +17,13 @@ _LONG = 20  # tables with more rows scroll inside a box (sticky header) instead 
 def cell(x: Any) -> tuple[str, bool]:
     """``(escaped text, is_number)`` of a table value: floats to 3 significant digits, '—' for missing."""
     if x is None:
-        return "—", False
+        return MISSING, False
     if isinstance(x, bool):
         return ("yes" if x else "no"), False
     if isinstance(x, int) or (hasattr(x, "dtype") and getattr(x.dtype, "kind", "") in "iu"):
         return esc(int(x)), True
     if isinstance(x, float) or (hasattr(x, "dtype") and getattr(x.dtype, "kind", "") == "f"):
-        f = float(x)
-        if math.isnan(f):
-            return "—", True
-        if math.isinf(f):
-            return ("inf" if f > 0 else "-inf"), True
-        if f == 0:
-            return "0", True
-        if 1e-3 <= abs(f) < 1e4:
-            return esc(f"{f:.3g}"), True
-        return esc(f"{f:.2e}"), True
+        return esc(number(float(x))), True
     return esc(x), False
 
 

@@ -12,24 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from gradguard.format import MISSING, number, percent
 from gradguard.runs.run import Run
 
-__all__ = ["latest", "layer_rows", "flow_bars", "sparkline", "run_summary", "fit_columns", "fmt"]
+__all__ = ["latest", "layer_rows", "flow_bars", "sparkline", "run_summary", "fit_columns"]
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
-
-
-def fmt(x: float | None) -> str:
-    """Compact number: 3 significant digits, scientific outside [1e-3, 1e4), '—' for missing."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    if 1e-3 <= abs(x) < 1e4:
-        return f"{x:.3g}"
-    return f"{x:.2e}"
 
 
 def latest(run: Run, metric: str) -> tuple[int | None, np.ndarray]:
@@ -199,25 +187,25 @@ def run_summary(run: Run, *, max_events: int = 20, width: int | None = None) -> 
             [r["kind"] + (f"→{r['activation']}" if r["activation"] else "") for r in rows],
             {"style": "dim"},
         ),
-        (8, "grad_norm", [fmt(r["grad_norm"]) for r in rows], {"justify": "right"}),
-        (1, "grad_rms", [fmt(r["grad_rms"]) for r in rows], {"justify": "right"}),
+        (8, "grad_norm", [number(r["grad_norm"]) for r in rows], {"justify": "right"}),
+        (1, "grad_rms", [number(r["grad_rms"]) for r in rows], {"justify": "right"}),
         (
             0,
             "gradient flow (log grad_rms)" if bar_width >= 24 else "flow (log)",
             bars,
             {"style": "cyan", "no_wrap": True},
         ),
-        (9, "weight_norm", [fmt(r["weight_norm"]) for r in rows], {"justify": "right"}),
-        (3, "update/weight", [fmt(r["update_ratio"]) for r in rows], {"justify": "right"}),
+        (9, "weight_norm", [number(r["weight_norm"]) for r in rows], {"justify": "right"}),
+        (3, "update/weight", [number(r["update_ratio"]) for r in rows], {"justify": "right"}),
     ]
     if has_agn:
         columns.append(
-            (2, "‖dL/dout‖", [fmt(r["act_grad_norm"]) for r in rows], {"justify": "right"})
+            (2, "‖dL/dout‖", [number(r["act_grad_norm"]) for r in rows], {"justify": "right"})
         )
     columns += [
-        (10, "act std", [fmt(r["act_std"]) for r in rows], {"justify": "right"}),
-        (5, "zero", [_pct(r["act_zero_frac"]) for r in rows], {"justify": "right"}),
-        (4, "sat", [_pct(r["act_sat_frac"]) for r in rows], {"justify": "right"}),
+        (10, "act std", [number(r["act_std"]) for r in rows], {"justify": "right"}),
+        (5, "zero", [percent(r["act_zero_frac"]) for r in rows], {"justify": "right"}),
+        (4, "sat", [percent(r["act_sat_frac"]) for r in rows], {"justify": "right"}),
         (
             6,
             "NaN/Inf",
@@ -265,10 +253,10 @@ def run_summary(run: Run, *, max_events: int = 20, width: int | None = None) -> 
         finite = v[np.isfinite(v)]
         scal.add_row(
             name,
-            fmt(float(v[0])),
-            fmt(float(v[-1])),
-            fmt(float(finite.min())) if len(finite) else "—",
-            fmt(float(finite.max())) if len(finite) else "—",
+            number(float(v[0])),
+            number(float(v[-1])),
+            number(float(finite.min())) if len(finite) else MISSING,
+            number(float(finite.max())) if len(finite) else MISSING,
             sparkline(np.log10(np.abs(v) + 1e-300) if name == "grad_norm_total" else v),
         )
     parts: list[Any] = [head, table, scal]
@@ -285,17 +273,13 @@ def run_summary(run: Run, *, max_events: int = 20, width: int | None = None) -> 
         for e in run.events[-max_events:]:
             first_line = e.message.splitlines()[0] if e.message else ""
             ev.add_row(
-                str(e.step) if e.step is not None else "—",
+                str(e.step) if e.step is not None else MISSING,
                 e.kind,
                 e.layer or "",
-                fmt(e.value),
+                number(e.value),
                 first_line,
             )
         parts.append(ev)
     else:
         parts.append(Text("no events", style="dim"))
     return Group(*parts)
-
-
-def _pct(x: float) -> str:
-    return "—" if math.isnan(x) else f"{100 * x:.0f}%"
