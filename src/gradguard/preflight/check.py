@@ -33,7 +33,7 @@ from torch import nn
 
 from gradguard.diagnosis.finding import Finding
 from gradguard.errors import GradguardError
-from gradguard.format import number, percent
+from gradguard.format import MISSING, number, percent
 from gradguard.model.layers import discover_layers
 from gradguard.model.tensors import first_tensor
 from gradguard.preflight.jacobian import JacobianStats, jacobian_stats
@@ -150,22 +150,52 @@ class CheckReport:
         out += [f"note: {n}" for n in self.notes]
         return "\n".join(out)
 
-    def __rich__(self) -> Any:
-        from rich.console import Group
+    def __rich_console__(self, console: Any, options: Any) -> Any:
         from rich.table import Table
         from rich.text import Text
 
+        from gradguard.report.terminal import fit_columns
+
         head, body = _columns(self)
-        table = Table(title="gradguard check", title_justify="left", header_style="bold")
-        for i, h in enumerate(head):
-            table.add_column(h, justify="left" if i in (1, 2, 3) else "right")
+        needs = [
+            max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(head)
+        ]
+        # least useful first; '#', the layer, the backpropagated signal and the gain always stay
+        order = [head.index(h) for h in _DROP_ORDER if h in head]
+        kept = fit_columns(needs, options.max_width, drop_order=order, keep=[0, 1])
+        shown = [i for i in range(len(head)) if i in kept]
+        dropped = [head[i] for i in range(len(head)) if i not in kept]
+        caption = f"wider terminal for: {', '.join(dropped)}" if dropped else None
+        table = Table(
+            title="gradguard check", title_justify="left", header_style="bold", caption=caption
+        )
+        for i in shown:
+            table.add_column(head[i], justify="left" if i in (1, 2, 3) else "right")
         for cells in body:
-            table.add_row(*cells)
+            table.add_row(*(cells[i] for i in shown))
         color = "green" if self.verdict == "healthy" else "red"
-        parts: list[Any] = [table, Text(self._summary(), style=f"bold {color}")]
-        parts += list(self.findings)
-        parts += [Text(f"note: {n}", style="dim") for n in self.notes]
-        return Group(*parts)
+        yield table
+        yield Text(self._summary(), style=f"bold {color}")
+        yield from self.findings
+        for n in self.notes:
+            yield Text(f"note: {n}", style="dim")
+
+
+# columns of the check's table, the first to go when the terminal is narrow
+_DROP_ORDER = (
+    "kind",
+    "pred_q",
+    "dead",
+    "zero",
+    "sat",
+    "act_std",
+    "pred_gain",
+    "q",
+    "act",
+    "grad_rms",
+    "gain",
+    "act_grad",
+)
 
 
 def _columns(report: CheckReport) -> tuple[list[str], list[list[str]]]:
@@ -174,7 +204,7 @@ def _columns(report: CheckReport) -> tuple[list[str], list[list[str]]]:
     head += ["act_grad", "gain"] + (["pred_q", "pred_gain"] if pred else [])
     rows = []
     for r in report.layers:
-        cells = [str(r.index), r.name, r.kind, r.activation or "-", number(r.act_std)]
+        cells = [str(r.index), r.name, r.kind, r.activation or MISSING, number(r.act_std)]
         cells += [percent(r.sat_frac), percent(r.zero_frac), percent(r.dead_frac), number(r.q)]
         cells += [number(r.grad_rms), number(r.act_grad_norm), number(r.gain)]
         if pred:
