@@ -170,3 +170,55 @@ def test_the_checker_sees_a_lazy_backward_import(tmp_path: Path) -> None:
         "gradguard.record.x -> gradguard.runs",
         "gradguard.record.x -> gradguard.runs.y",
     ]
+
+
+def test_metric_names_are_written_only_in_metrics_py() -> None:
+    """Buffer rows, store, report and rules read metric names from gradguard.metrics; a string
+    literal of a metric name anywhere else (docstrings aside) is a second declaration."""
+    from gradguard import metrics
+
+    names = {str(m) for m in metrics.LAYER_METRICS} | {
+        str(m)
+        for m in (
+            metrics.GRAD_NORM_TOTAL,
+            metrics.CLIP_NORM_BEFORE,
+            metrics.CLIP_NORM_AFTER,
+            metrics.HF_GRAD_NORM,
+            metrics.HF_LOSS,
+        )
+    }
+    # the same word with another meaning there: a finding kind, a config field, an event's data
+    # key, the Hugging Face Trainer's log key
+    other_meaning = {
+        ("diagnosis/rules/nonfinite.py", "nonfinite"),
+        ("diagnosis/online.py", "nonfinite"),
+        ("diagnosis/knowledge.py", "nonfinite"),
+        ("preflight/verdict.py", "nonfinite"),
+        ("remedies/guard.py", "nonfinite"),
+        ("integrations/transformers.py", "grad_norm"),
+        ("record/config.py", "update_ratio"),
+        ("remedies/_guard_event.py", "grad_norm"),
+    }
+    found = []
+    for path in SRC.rglob("*.py"):
+        rel = str(path.relative_to(SRC))
+        if rel == "metrics.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and node.value in names
+                and id(node) not in docstrings
+                and (rel, node.value) not in other_meaning
+            ):
+                found.append(f"{rel}:{node.lineno} {node.value!r}")
+    assert not found, "use the gradguard.metrics constants:\n" + "\n".join(found)

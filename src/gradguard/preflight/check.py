@@ -34,6 +34,7 @@ from torch import nn
 from gradguard.diagnosis.finding import Finding
 from gradguard.errors import GradguardError
 from gradguard.format import MISSING, number, percent
+from gradguard.metrics import ACT_STD, GRAD_RMS
 from gradguard.model.layers import discover_layers
 from gradguard.model.tensors import first_tensor
 from gradguard.preflight.jacobian import JacobianStats, jacobian_stats
@@ -188,11 +189,11 @@ _DROP_ORDER = (
     "dead",
     "zero",
     "sat",
-    "act_std",
+    ACT_STD,
     "pred_gain",
     "q",
     "act",
-    "grad_rms",
+    GRAD_RMS,
     "gain",
     "act_grad",
 )
@@ -200,7 +201,7 @@ _DROP_ORDER = (
 
 def _columns(report: CheckReport) -> tuple[list[str], list[list[str]]]:
     pred = any(math.isfinite(r.pred_q) for r in report.layers)
-    head = ["#", "layer", "kind", "act", "act_std", "sat", "zero", "dead", "q", "grad_rms"]
+    head = ["#", "layer", "kind", "act", ACT_STD, "sat", "zero", "dead", "q", GRAD_RMS]
     head += ["act_grad", "gain"] + (["pred_q", "pred_gain"] if pred else [])
     rows = []
     for r in report.layers:

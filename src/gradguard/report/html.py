@@ -16,6 +16,17 @@ from typing import Any
 
 from gradguard.diagnosis.finding import Finding
 from gradguard.errors import GradguardError
+from gradguard.metrics import (
+    ACT_GRAD_NORM,
+    ACT_SAT_FRAC,
+    ACT_STD,
+    ACT_ZERO_FRAC,
+    GRAD_MAX,
+    GRAD_NORM,
+    GRAD_RMS,
+    UPDATE_RATIO,
+    WEIGHT_NORM,
+)
 from gradguard.report._lab_html import render_lab
 from gradguard.report._parts import findings_html, severity_counts, table_html
 from gradguard.report._template import esc, figure, page
@@ -28,15 +39,15 @@ _LAYER_COLS = (
     "name",
     "kind",
     "numel",
-    "grad_norm",
-    "grad_rms",
-    "grad_max",
-    "weight_norm",
-    "update_ratio",
-    "act_std",
-    "act_zero_frac",
-    "act_sat_frac",
-    "act_grad_norm",
+    GRAD_NORM,
+    GRAD_RMS,
+    GRAD_MAX,
+    WEIGHT_NORM,
+    UPDATE_RATIO,
+    ACT_STD,
+    ACT_ZERO_FRAC,
+    ACT_SAT_FRAC,
+    ACT_GRAD_NORM,
     "nonfinite_steps",
 )
 _LAYER_LABELS = {c: c.replace("_", " ") for c in _LAYER_COLS} | {
@@ -154,7 +165,7 @@ def run_sections(run: Run, findings: Sequence[Finding]) -> list[tuple[str, str, 
             "heatmap",
             "Gradient heatmap",
             figure(
-                plots.heatmap(run, "grad_rms"),
+                plots.heatmap(run, GRAD_RMS),
                 "heatmap of log10 grad_rms, layers by steps",
                 "log10 of each layer's gradient RMS at every recorded step (input layer at the "
                 "top). Blank cells: no value, or a non-finite one.",

@@ -16,6 +16,15 @@ from typing import Any
 import numpy as np
 
 from gradguard.diagnosis.finding import Finding
+from gradguard.metrics import (
+    ACT_GRAD_NORM,
+    ACT_SAT_FRAC,
+    ACT_STD,
+    ACT_ZERO_FRAC,
+    GRAD_NORM_TOTAL,
+    GRAD_RMS,
+    LOSS,
+)
 from gradguard.report._style import (
     PALETTE,
     SEVERITY_COLORS,
@@ -111,7 +120,7 @@ def _per_layer_panel(ax: Any, run: Run, metric: str, title: str, ylabel: str) ->
     colors = STEP_COLORS[-len(rows) :]
     for c, i in zip(colors, rows):
         ax.plot(x, _positive(values[i]), marker="o", color=c, label=f"step {int(steps[i])}")
-    if _spans_decades(values[rows]) or metric.startswith("grad") or metric == "act_grad_norm":
+    if _spans_decades(values[rows]) or metric.startswith("grad") or metric == ACT_GRAD_NORM:
         ax.set_yscale("log")
     ax.set_ylabel(ylabel)
     _layer_axis(ax, names)
@@ -130,11 +139,11 @@ def gradient_flow(run: Run) -> bytes:
     """
     with style():
         fig, axes = new_figure(1, 2, size=(10.0, 3.9))
-        _per_layer_panel(axes[0], run, "grad_rms", "parameter gradient (grad_rms)", "RMS of dL/dW")
+        _per_layer_panel(axes[0], run, GRAD_RMS, "parameter gradient (grad_rms)", "RMS of dL/dW")
         _per_layer_panel(
             axes[1],
             run,
-            "act_grad_norm",
+            ACT_GRAD_NORM,
             "backpropagated signal (act_grad_norm)",
             "\u2016dL/dh\u2016",
         )
@@ -142,7 +151,7 @@ def gradient_flow(run: Run) -> bytes:
 
 
 def heatmap_matrix(
-    run: Run, metric: str = "grad_rms", max_cols: int = _MAX_HEATMAP_COLS
+    run: Run, metric: str = GRAD_RMS, max_cols: int = _MAX_HEATMAP_COLS
 ) -> tuple[np.ndarray, np.ndarray]:
     """What :func:`heatmap` draws: ``(steps [S'], log10 values [L, S'])``, NaN where blank.
 
@@ -158,7 +167,7 @@ def heatmap_matrix(
     return steps, logs
 
 
-def heatmap(run: Run, metric: str = "grad_rms") -> bytes:
+def heatmap(run: Run, metric: str = GRAD_RMS) -> bytes:
     """Layer x step heatmap of ``log10(metric)``; NaN, Inf and non-positive values are left blank.
 
     Args:
@@ -261,8 +270,8 @@ def curves(run: Run, findings: Sequence[Finding] | None = None) -> bytes:
     """
     from matplotlib.patches import Patch
 
-    ls, lv = run.scalar("loss")
-    gs, gv = run.scalar("grad_norm_total")
+    ls, lv = run.scalar(LOSS)
+    gs, gv = run.scalar(GRAD_NORM_TOTAL)
     with style():
         fig, axes = new_figure(2, 1, size=(10.0, 5.0), sharex=True)
         _series_panel(
@@ -273,7 +282,7 @@ def curves(run: Run, findings: Sequence[Finding] | None = None) -> bytes:
             PALETTE[0],
             log=_spans_decades(lv) and bool(np.nanmin(np.where(np.isfinite(lv), lv, np.nan)) > 0),
         )
-        _series_panel(axes[1], gs, gv, "grad_norm_total", PALETTE[3], log=True)
+        _series_panel(axes[1], gs, gv, GRAD_NORM_TOTAL, PALETTE[3], log=True)
         axes[0].set_title("loss and total gradient norm")
         axes[1].set_xlabel("step")
         drawn: list[str] = []
@@ -298,9 +307,9 @@ def activation_stats(run: Run) -> bytes:
     """
     names = run.layer_names
     panels = (
-        ("act_std", "activation std"),
-        ("act_zero_frac", "fraction of zeros"),
-        ("act_sat_frac", "fraction saturated"),
+        (ACT_STD, "activation std"),
+        (ACT_ZERO_FRAC, "fraction of zeros"),
+        (ACT_SAT_FRAC, "fraction saturated"),
     )
     with style():
         fig, axes = new_figure(1, 3, size=(11.0, 3.6))
@@ -320,7 +329,7 @@ def activation_stats(run: Run) -> bytes:
                     color=c,
                     label=f"step {int(steps[i])}",
                 )
-            if metric == "act_std":
+            if metric == ACT_STD:
                 if _spans_decades(values[rows]):
                     ax.set_yscale("log")
             else:

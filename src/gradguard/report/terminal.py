@@ -13,6 +13,19 @@ from typing import Any
 import numpy as np
 
 from gradguard.format import MISSING, number, percent
+from gradguard.metrics import (
+    ACT_GRAD_NORM,
+    ACT_SAT_FRAC,
+    ACT_STD,
+    ACT_ZERO_FRAC,
+    GRAD_MAX,
+    GRAD_NORM,
+    GRAD_NORM_TOTAL,
+    GRAD_RMS,
+    NONFINITE,
+    UPDATE_RATIO,
+    WEIGHT_NORM,
+)
 from gradguard.runs.run import Run
 
 __all__ = ["latest", "layer_rows", "flow_bars", "sparkline", "run_summary", "fit_columns"]
@@ -41,18 +54,18 @@ def latest(run: Run, metric: str) -> tuple[int | None, np.ndarray]:
 def layer_rows(run: Run) -> list[dict[str, Any]]:
     """One dict per layer (forward order) with its latest statistics."""
     cols = (
-        "grad_norm",
-        "grad_rms",
-        "grad_max",
-        "weight_norm",
-        "update_ratio",
-        "act_std",
-        "act_zero_frac",
-        "act_sat_frac",
-        "act_grad_norm",
+        GRAD_NORM,
+        GRAD_RMS,
+        GRAD_MAX,
+        WEIGHT_NORM,
+        UPDATE_RATIO,
+        ACT_STD,
+        ACT_ZERO_FRAC,
+        ACT_SAT_FRAC,
+        ACT_GRAD_NORM,
     )
     latest_vals = {m: latest(run, m)[1] for m in cols}
-    _, nf = run.metric("nonfinite")
+    _, nf = run.metric(NONFINITE)
     nonfinite_total = np.nansum(nf, axis=0) if len(nf) else np.zeros(len(run.layers))
     rows = []
     for j, lay in enumerate(run.layers):
@@ -173,9 +186,9 @@ def run_summary(run: Run, *, max_events: int = 20, width: int | None = None) -> 
         head_parts += [("  ·  ", "dim"), run.created]
     head = Text.assemble(*head_parts)
     rows = layer_rows(run)
-    has_agn = any(not math.isnan(r["act_grad_norm"]) for r in rows)
+    has_agn = any(not math.isnan(r[ACT_GRAD_NORM]) for r in rows)
     bar_width = 24 if width is None or width >= 140 else 12
-    bars = flow_bars(np.array([r["grad_rms"] for r in rows]), width=bar_width)
+    bars = flow_bars(np.array([r[GRAD_RMS] for r in rows]), width=bar_width)
 
     # (keep-priority: lower is kept longer, header, cells, column options), in display order
     columns: list[tuple[int, str, list[Any], dict[str, Any]]] = [
@@ -187,25 +200,25 @@ def run_summary(run: Run, *, max_events: int = 20, width: int | None = None) -> 
             [r["kind"] + (f"→{r['activation']}" if r["activation"] else "") for r in rows],
             {"style": "dim"},
         ),
-        (8, "grad_norm", [number(r["grad_norm"]) for r in rows], {"justify": "right"}),
-        (1, "grad_rms", [number(r["grad_rms"]) for r in rows], {"justify": "right"}),
+        (8, GRAD_NORM, [number(r[GRAD_NORM]) for r in rows], {"justify": "right"}),
+        (1, GRAD_RMS, [number(r[GRAD_RMS]) for r in rows], {"justify": "right"}),
         (
             0,
             "gradient flow (log grad_rms)" if bar_width >= 24 else "flow (log)",
             bars,
             {"style": "cyan", "no_wrap": True},
         ),
-        (9, "weight_norm", [number(r["weight_norm"]) for r in rows], {"justify": "right"}),
-        (3, "update/weight", [number(r["update_ratio"]) for r in rows], {"justify": "right"}),
+        (9, WEIGHT_NORM, [number(r[WEIGHT_NORM]) for r in rows], {"justify": "right"}),
+        (3, "update/weight", [number(r[UPDATE_RATIO]) for r in rows], {"justify": "right"}),
     ]
     if has_agn:
         columns.append(
-            (2, "‖dL/dout‖", [number(r["act_grad_norm"]) for r in rows], {"justify": "right"})
+            (2, "‖dL/dout‖", [number(r[ACT_GRAD_NORM]) for r in rows], {"justify": "right"})
         )
     columns += [
-        (10, "act std", [number(r["act_std"]) for r in rows], {"justify": "right"}),
-        (5, "zero", [percent(r["act_zero_frac"]) for r in rows], {"justify": "right"}),
-        (4, "sat", [percent(r["act_sat_frac"]) for r in rows], {"justify": "right"}),
+        (10, "act std", [number(r[ACT_STD]) for r in rows], {"justify": "right"}),
+        (5, "zero", [percent(r[ACT_ZERO_FRAC]) for r in rows], {"justify": "right"}),
+        (4, "sat", [percent(r[ACT_SAT_FRAC]) for r in rows], {"justify": "right"}),
         (
             6,
             "NaN/Inf",
@@ -257,7 +270,7 @@ def run_summary(run: Run, *, max_events: int = 20, width: int | None = None) -> 
             number(float(v[-1])),
             number(float(finite.min())) if len(finite) else MISSING,
             number(float(finite.max())) if len(finite) else MISSING,
-            sparkline(np.log10(np.abs(v) + 1e-300) if name == "grad_norm_total" else v),
+            sparkline(np.log10(np.abs(v) + 1e-300) if name == GRAD_NORM_TOTAL else v),
         )
     parts: list[Any] = [head, table, scal]
     if run.events:
