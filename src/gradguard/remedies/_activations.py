@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Activation", "activation_of", "leaf_order", "is_weight_layer", "run_model"]
+from gradguard.model.tensors import call_model
+
+__all__ = ["Activation", "activation_of", "leaf_order", "is_weight_layer"]
 
 # modules that pass the signal on without changing its scale much: look through them
 _TRANSPARENT = (
@@ -81,15 +83,6 @@ def is_weight_layer(m: nn.Module) -> bool:
     return isinstance(m, _WEIGHT_LAYERS)
 
 
-def run_model(model: nn.Module, data: Any) -> Any:
-    """Call ``model`` on a tensor, a tuple/list (positional args) or a dict (keyword args)."""
-    if isinstance(data, dict):
-        return model(**data)
-    if isinstance(data, (tuple, list)):
-        return model(*data)
-    return model(data)
-
-
 def leaf_order(model: nn.Module, data: Any = None) -> tuple[list[nn.Module], str]:
     """Leaf modules in forward order (traced with hooks when ``data`` is given), else in
     registration order. Returns (modules, how they were ordered). Hooks are always removed."""
@@ -107,7 +100,7 @@ def leaf_order(model: nn.Module, data: Any = None) -> tuple[list[nn.Module], str
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         with torch.no_grad():
-            run_model(model, data)
+            call_model(model, data)
     finally:
         for h in handles:
             h.remove()

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradguard.remedies._activations import run_model
+from gradguard.model.tensors import call_model
 
 __all__ = ["lsuv_rescale"]
 
@@ -27,7 +27,7 @@ def _output_var(model: nn.Module, layer: nn.Module, data: Any) -> float | None:
 
     handle = layer.register_forward_hook(hook)
     try:
-        run_model(model, data)
+        call_model(model, data)
     except _Stop:
         pass
     finally:

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from gradguard.errors import GradguardError
+from gradguard.model.tensors import call_model, default_loss
 from gradguard.preflight.state import PreservedState
-from gradguard.remedies._activations import run_model
 from gradguard.remedies._checks import check_module
 from gradguard.remedies._tensor_stats import TensorStats, iter_tensors
 
@@ -198,10 +198,10 @@ def locate_nonfinite(
             if p.requires_grad:
                 replay.handles.append(p.register_hook(replay.param_hook(m, n)))
         with torch.enable_grad():
-            out = run_model(model, _with_grad(inputs))
+            out = call_model(model, _with_grad(inputs))
             if replay.found is not None:
                 return replay.found
-            loss = _loss(out, loss_fn, target)
+            loss = default_loss(out, loss_fn, target)
             if not _finite(loss):
                 return NonfiniteLocation(
                     "loss", "(loss_fn)", getattr(loss_fn, "__name__", type(loss_fn).__name__),
@@ -224,15 +224,3 @@ def locate_nonfinite(
         for m in inplace:
             m.inplace = True  # type: ignore[assignment]
         saved.restore()
-
-
-def _loss(out: Any, loss_fn: Callable[..., torch.Tensor] | None, target: Any) -> torch.Tensor:
-    if loss_fn is not None:
-        return loss_fn(out) if target is None else loss_fn(out, target)
-    tensors = [t for _, t in iter_tensors(out, "") if t.is_floating_point()]
-    if not tensors:
-        raise GradguardError(
-            "locate_nonfinite: the model output has no float tensor; pass loss_fn="
-        )
-    first = tensors[0]
-    return first if first.ndim == 0 else first.float().sum()

@@ -24,194 +24,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from gradguard.diagnosis.finding import Finding
 from gradguard.errors import GradguardError
-from gradguard.format import MISSING, number, percent
-from gradguard.metrics import ACT_STD, GRAD_RMS
 from gradguard.model.layers import discover_layers
-from gradguard.model.tensors import first_tensor
+from gradguard.model.tensors import call_model, default_loss, first_tensor
 from gradguard.preflight.jacobian import JacobianStats, jacobian_stats
 from gradguard.preflight.observe import Observed, observe_forward
+from gradguard.preflight.report import CheckReport, LayerRow
 from gradguard.preflight.state import PreservedState
-from gradguard.preflight.verdict import VERDICTS, findings_for
+from gradguard.preflight.verdict import MIN_ROWS_FOR_DEAD, VERDICTS, findings_for
 
-__all__ = ["check", "CheckReport", "LayerRow", "JacobianStats"]
+__all__ = ["check"]
 
 _NAN = math.nan
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 JACOBIAN_EXAMPLES = 16  # larger batches: the Jacobian gets its own pass on this many examples
-
-
-@dataclass(frozen=True)
-class LayerRow:
-    """Measurements of one layer (nan where not applicable).
-
-    Args:
-        index: position in forward execution order.
-        name, kind: qualified module name and class name.
-        activation: class name of the activation module applied to this layer's output, if any.
-        calls: how many times the layer ran in the pass.
-        act_std: std of the signal after the activation (or of the layer output without one).
-        sat_frac: fraction of activation outputs within 1% of its bounds (bounded activations).
-        zero_frac: fraction of exact zeros after the activation.
-        dead_frac: fraction of units that are 0 for every example (needs >= 8 examples).
-        q: mean square of the layer's output (the pre-activation second moment).
-        grad_rms: rms of the gradients of the layer's trainable parameters.
-        act_grad_norm: ||dL/d output||.
-        gain: act_grad_norm[l-1] / act_grad_norm[l], the backward gain through this layer.
-        pred_q, pred_gain: mean-field predictions of q and gain (Linear -> activation stacks).
-    """
-
-    index: int
-    name: str
-    kind: str
-    activation: str | None
-    calls: int
-    act_std: float = _NAN
-    sat_frac: float = _NAN
-    zero_frac: float = _NAN
-    dead_frac: float = _NAN
-    q: float = _NAN
-    grad_rms: float = _NAN
-    act_grad_norm: float = _NAN
-    gain: float = _NAN
-    pred_q: float = _NAN
-    pred_gain: float = _NAN
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in self.__dict__.items()
-        }
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    """Result of :func:`check`.
-
-    Args:
-        layers: one :class:`LayerRow` per layer, in forward execution order.
-        jacobian: input-output Jacobian statistics, or None (non-float input / not requested).
-        findings: most severe first; a single 'healthy' INFO finding when nothing is wrong.
-        verdict: 'healthy', 'vanishing', 'exploding', 'saturating' or 'dead units'.
-        loss: the loss of the pass.
-        grad_ratio: act_grad_norm of the first layer / that of the last.
-        backward_gain: exp(-slope) of log act_grad_norm fitted against depth: the average factor
-            by which the gradient grows per layer going backwards.
-        notes: what was skipped and why.
-    """
-
-    layers: tuple[LayerRow, ...]
-    jacobian: JacobianStats | None
-    findings: tuple[Finding, ...]
-    verdict: str
-    loss: float
-    grad_ratio: float
-    backward_gain: float
-    notes: tuple[str, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        def num(v: float) -> float | None:
-            return v if math.isfinite(v) else None
-
-        return {
-            "verdict": self.verdict,
-            "loss": num(self.loss),
-            "grad_ratio": num(self.grad_ratio),
-            "backward_gain": num(self.backward_gain),
-            "jacobian": self.jacobian.to_dict() if self.jacobian else None,
-            "layers": [r.to_dict() for r in self.layers],
-            "findings": [f.to_dict() for f in self.findings],
-            "notes": list(self.notes),
-        }
-
-    def _summary(self) -> str:
-        parts = [f"verdict: {self.verdict}", f"grad ratio first/last {number(self.grad_ratio)}"]
-        parts.append(f"backward gain/layer {number(self.backward_gain)}")
-        if self.jacobian is not None:
-            parts.append(
-                f"Jacobian mean sigma^2 {number(self.jacobian.mean_sq_singular_value)}, "
-                f"max sigma {number(self.jacobian.max_singular_value)}"
-            )
-        return " | ".join(parts)
-
-    def __str__(self) -> str:
-        cols = _columns(self)
-        widths = [max(len(h), *(len(c[i]) for c in cols[1])) for i, h in enumerate(cols[0])]
-        line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-        out = [line(cols[0]), *(line(c) for c in cols[1]), "", self._summary()]
-        out += [str(f) for f in self.findings]
-        out += [f"note: {n}" for n in self.notes]
-        return "\n".join(out)
-
-    def __rich_console__(self, console: Any, options: Any) -> Any:
-        from rich.table import Table
-        from rich.text import Text
-
-        from gradguard.report.terminal import fit_columns
-
-        head, body = _columns(self)
-        needs = [
-            max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(head)
-        ]
-        # least useful first; '#', the layer, the backpropagated signal and the gain always stay
-        order = [head.index(h) for h in _DROP_ORDER if h in head]
-        kept = fit_columns(needs, options.max_width, drop_order=order, keep=[0, 1])
-        shown = [i for i in range(len(head)) if i in kept]
-        dropped = [head[i] for i in range(len(head)) if i not in kept]
-        caption = f"wider terminal for: {', '.join(dropped)}" if dropped else None
-        table = Table(
-            title="gradguard check", title_justify="left", header_style="bold", caption=caption
-        )
-        for i in shown:
-            table.add_column(head[i], justify="left" if i in (1, 2, 3) else "right")
-        for cells in body:
-            table.add_row(*(cells[i] for i in shown))
-        color = "green" if self.verdict == "healthy" else "red"
-        yield table
-        yield Text(self._summary(), style=f"bold {color}")
-        yield from self.findings
-        for n in self.notes:
-            yield Text(f"note: {n}", style="dim")
-
-
-# columns of the check's table, the first to go when the terminal is narrow
-_DROP_ORDER = (
-    "kind",
-    "pred_q",
-    "dead",
-    "zero",
-    "sat",
-    ACT_STD,
-    "pred_gain",
-    "q",
-    "act",
-    GRAD_RMS,
-    "gain",
-    "act_grad",
-)
-
-
-def _columns(report: CheckReport) -> tuple[list[str], list[list[str]]]:
-    pred = any(math.isfinite(r.pred_q) for r in report.layers)
-    head = ["#", "layer", "kind", "act", ACT_STD, "sat", "zero", "dead", "q", GRAD_RMS]
-    head += ["act_grad", "gain"] + (["pred_q", "pred_gain"] if pred else [])
-    rows = []
-    for r in report.layers:
-        cells = [str(r.index), r.name, r.kind, r.activation or MISSING, number(r.act_std)]
-        cells += [percent(r.sat_frac), percent(r.zero_frac), percent(r.dead_frac), number(r.q)]
-        cells += [number(r.grad_rms), number(r.act_grad_norm), number(r.gain)]
-        if pred:
-            cells += [number(r.pred_q), number(r.pred_gain)]
-        rows.append(cells)
-    return head, rows
 
 
 # ---- the check -----------------------------------------------------------------------------------
@@ -236,41 +69,6 @@ def _theory_activation(module: nn.Module | None) -> Any:
     if type(module) is nn.Hardtanh and (module.min_val, module.max_val) == (-1.0, 1.0):
         return resolve_activation("hard_tanh")
     return None
-
-
-def _call_model(model: nn.Module, inp: Any) -> Any:
-    if isinstance(inp, dict):
-        return model(**inp)
-    if isinstance(inp, tuple | list):
-        return model(*inp)
-    return model(inp)
-
-
-def _loss(out: Any, loss_fn: Callable[..., Any] | None, target: Any, gen: torch.Generator) -> Any:
-    if loss_fn is not None:
-        try:
-            loss = loss_fn(out, target) if target is not None else loss_fn(out)
-        except Exception as e:
-            raise GradguardError(
-                f"loss_fn failed on the model's output: {type(e).__name__}: {e}; check that "
-                "target matches the output's shape and dtype"
-            ) from e
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise GradguardError(
-                f"loss_fn returned {type(loss).__name__} of shape "
-                f"{tuple(getattr(loss, 'shape', ()))}; it must return a scalar tensor "
-                "(use reduction='mean')"
-            )
-        return loss.reshape(())
-    y = first_tensor(out)
-    if y is None or not y.is_floating_point():
-        raise GradguardError(
-            f"the model returned {type(out).__name__}, not a float tensor; pass loss_fn= "
-            "(and target=) so check can form a scalar loss"
-        )
-    u = torch.randn(y.shape, generator=gen, dtype=torch.float32).to(device=y.device, dtype=y.dtype)
-    u = u / u.norm()
-    return (y * u).sum()
 
 
 def check(
@@ -316,7 +114,7 @@ def check(
             notes.append("Jacobian skipped: it needs a single floating-point input tensor")
         with torch.enable_grad():
             try:
-                obs = observe_forward(model, layers, lambda: _call_model(model, x))
+                obs = observe_forward(model, layers, lambda: call_model(model, x))
             except GradguardError:
                 raise
             except Exception as e:
@@ -325,7 +123,7 @@ def check(
                     f"the model failed on the example input {shape}: {type(e).__name__}: {e}; "
                     "pass an input the model accepts (check --input-shape / the batch dimension)"
                 ) from e
-            loss = _loss(obs.output, loss_fn, target, gen)
+            loss = default_loss(obs.output, loss_fn, target, generator=gen)
             if not loss.requires_grad:
                 raise GradguardError(
                     "the loss does not depend on any trainable parameter (all frozen, or the "
@@ -376,7 +174,7 @@ def _jacobian(
         if not x.requires_grad:  # batch > JACOBIAN_EXAMPLES: own pass, same dropout stream
             state.restore_rng()
             xj = x[:JACOBIAN_EXAMPLES].detach().clone().requires_grad_(True)
-            yj = first_tensor(_call_model(model, xj))
+            yj = first_tensor(call_model(model, xj))
             notes.append(f"Jacobian estimated on the first {JACOBIAN_EXAMPLES} examples")
         if yj is None or not yj.is_floating_point() or not yj.requires_grad:
             notes.append(
@@ -454,7 +252,7 @@ def _gradients(
         nonfinite += 0 if math.isfinite(sq) else 1
         has_bounds = st is not None and act_call is not None and _bounded(act_call.module)
         dead = _NAN
-        if sig is not None and sig.units_alive is not None and sig.rows >= 8:
+        if sig is not None and sig.units_alive is not None and sig.rows >= MIN_ROWS_FOR_DEAD:
             dead = float((~sig.units_alive).float().mean())
         rows.append(
             LayerRow(
@@ -476,7 +274,7 @@ def _gradients(
     gains = np.full(len(rows), _NAN)
     with np.errstate(divide="ignore", invalid="ignore"):
         gains[1:] = agn[:-1] / agn[1:]
-    rows = [_replace(r, gain=float(g)) for r, g in zip(rows, gains)]
+    rows = [replace(r, gain=float(g)) for r, g in zip(rows, gains)]
     rows_linked = {r.name: linked.get(id(o.module)) for r, o in zip(rows, order)}
     obs.linked = rows_linked
     obs.order = order
@@ -487,12 +285,6 @@ def _bounded(module: nn.Module) -> bool:
     from gradguard.model.activations import activation_bounds
 
     return activation_bounds(module) is not None
-
-
-def _replace(row: LayerRow, **kw: Any) -> LayerRow:
-    from dataclasses import replace
-
-    return replace(row, **kw)
 
 
 def _predict(
@@ -537,7 +329,7 @@ def _predict(
             q0 = float(x0.detach().double().pow(2).mean())
             pred = predict_layers([order[k].module for k in range(i, j + 1)], act, q0)
             for k in range(i, j + 1):
-                rows[k] = _replace(
+                rows[k] = replace(
                     rows[k], pred_q=float(pred.q[k - i]), pred_gain=float(pred.gain[k - i])
                 )
         i = j + 1
