@@ -1,6 +1,6 @@
 """Shared fixtures: one `gradguard demo` run per test session (about 30 s on 2 cores).
 
-tests/test_demo.py and tests/test_browser.py both read it, so the demo runs once however many of
+tests/commands/test_demo.py and tests/report/test_browser.py both read it, so the demo runs once however many of
 its tests are selected.
 """
 

@@ -16,7 +16,7 @@ from gradguard.diagnosis.online import key, new_findings
 from gradguard.errors import ConfigError
 from gradguard.record.batch import Layer
 from gradguard.runs.run import Run
-from tests.test_diagnosis_real import mlp, record
+from tests.diagnosis.test_real import mlp, record
 
 
 def test_exploding_run_reports_once_per_finding(tmp_path) -> None:

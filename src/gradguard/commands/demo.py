@@ -39,9 +39,9 @@ def run_demo(
 
     from gradguard import lab
     from gradguard.commands.lab import print_result
-    from gradguard.lab._output import RUNS_DB, _dir, save_runs, write_files, write_lab_report
+    from gradguard.lab.output import RUNS_DB, output_dir, save_runs, write_files, write_lab_report
 
-    root = _dir(out)
+    root = output_dir(out)
     db = root / RUNS_DB
     for stale in (
         db,

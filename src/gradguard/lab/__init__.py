@@ -87,7 +87,7 @@ def run_experiment(
     finally:
         torch.set_num_threads(before)
     if out is not None:
-        from gradguard.lab._output import save_result
+        from gradguard.lab.output import save_result
 
         save_result(result, out)
     return result
@@ -95,7 +95,7 @@ def run_experiment(
 
 def __getattr__(attr: str) -> Any:
     if attr in ("save_result", "save_runs", "write_lab_report"):
-        from gradguard.lab import _output
+        from gradguard.lab import output
 
-        return getattr(_output, attr)
+        return getattr(output, attr)
     raise AttributeError(f"module 'gradguard.lab' has no attribute {attr!r}")

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from gradguard.report.html import render_lab, render_run, write_report
-from tests.test_report import SECTIONS, record_run
-from tests.test_report_lab import _results
+from tests.report.test_html import SECTIONS, record_run
+from tests.report.test_lab_html import _results
 
 pytestmark = pytest.mark.browser
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gradguard.cli import main
-from tests.test_diagnosis_real import mlp, record
+from tests.diagnosis.test_real import mlp, record
 
 
 @pytest.fixture(scope="module")

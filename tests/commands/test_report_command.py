@@ -8,7 +8,7 @@ import pytest
 
 from gradguard.cli import main
 from gradguard.commands.report import _default_output
-from tests.test_report import parse, record_run
+from tests.report.test_html import parse, record_run
 
 
 @pytest.fixture(scope="module")

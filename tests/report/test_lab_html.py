@@ -11,7 +11,7 @@ from gradguard.report.experiment import ExperimentResult
 from gradguard.report.html import render_lab
 from gradguard.report.plots import line_plot
 from gradguard.runs.run import Run
-from tests.test_report import check_golden, parse, strip_images
+from tests.report.test_html import check_golden, parse, strip_images
 
 
 def _results() -> list[ExperimentResult]:

@@ -20,7 +20,7 @@ from gradguard.report.html import render_run, write_report
 from gradguard.runs.run import Run
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parents[1] / "golden"
 SECTIONS = (
     "summary",
     "findings",

@@ -1,7 +1,7 @@
 """`gradguard demo` end to end, and the textbook direction of every quick preset.
 
 One demo run (all quick presets, through the CLI, not quiet) is shared by every test in this module
-and by tests/test_browser.py: the ``demo_run`` fixture of tests/conftest.py.
+and by tests/report/test_browser.py: the ``demo_run`` fixture of tests/conftest.py.
 """
 
 from __future__ import annotations

@@ -12,12 +12,12 @@ from pathlib import Path
 from gradguard.errors import GradguardError
 from gradguard.report.experiment import ExperimentResult
 
-__all__ = ["save_result", "save_runs", "write_files", "write_lab_report", "RUNS_DB"]
+__all__ = ["save_result", "save_runs", "write_files", "write_lab_report", "output_dir", "RUNS_DB"]
 
 RUNS_DB = "runs.db"
 
 
-def _dir(out: str | os.PathLike[str]) -> Path:
+def output_dir(out: str | os.PathLike[str]) -> Path:
     path = Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,7 @@ def save_result(
     """
     from gradguard.runs.store import delete_runs
 
-    root = _dir(out)
+    root = output_dir(out)
     here = write_files(result, root)
     db = root / RUNS_DB
     delete_runs(db, [n for label in result.runs for n in (label, f"{result.name}/{label}")])
@@ -56,7 +56,7 @@ def save_result(
 def write_files(result: ExperimentResult, root: Path) -> Path:
     """``root/NAME/table.csv``, ``reading.txt``, one PNG per figure and (if the result has
     curves) ``curves.json``; returns ``root/NAME``."""
-    here = _dir(root / result.name)
+    here = output_dir(root / result.name)
     with open(here / "table.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=result.columns, extrasaction="ignore")
         writer.writeheader()
@@ -113,6 +113,6 @@ def write_lab_report(
     """Write ``out/report.html`` for ``results`` (gradguard.report.html.render_lab)."""
     from gradguard.report.html import render_lab, write_report
 
-    root = _dir(out)
+    root = output_dir(out)
     html = render_lab(results, title=title, runs_db=RUNS_DB)
     return write_report(root / "report.html", html)
