@@ -89,11 +89,12 @@ class Finding:
     def title(self) -> str:
         return self.kind.replace("_", " ")
 
-    def _where(self) -> str:
+    def where(self, max_layers: int = 4) -> str:
+        """Which layers and steps, for a person: ``layers a, b (+3 more); steps 10..20``."""
         parts = []
         if self.layers:
-            shown = ", ".join(self.layers[:4]) + (
-                f" (+{len(self.layers) - 4} more)" if len(self.layers) > 4 else ""
+            shown = ", ".join(self.layers[:max_layers]) + (
+                f" (+{len(self.layers) - max_layers} more)" if len(self.layers) > max_layers else ""
             )
             parts.append(f"layers {shown}")
         if self.steps is not None:
@@ -103,7 +104,7 @@ class Finding:
 
     def __str__(self) -> str:
         head = f"[{self.severity.value.upper()}] {self.title}"
-        where = self._where()
+        where = self.where()
         if where:
             head += f" ({where})"
         lines = [head]
@@ -122,7 +123,7 @@ class Finding:
 
         color = {"info": "green", "warning": "yellow", "critical": "red"}[self.severity.value]
         body: list[Text] = []
-        where = self._where()
+        where = self.where()
         if where:
             body.append(Text(where, style="dim"))
         if self.evidence:

@@ -73,19 +73,6 @@ def table_html(
     )
 
 
-def _where(f: Finding) -> str:
-    parts = []
-    if f.layers:
-        shown = ", ".join(f.layers[:6]) + (
-            f" (+{len(f.layers) - 6} more)" if len(f.layers) > 6 else ""
-        )
-        parts.append(f"layers {shown}")
-    if f.steps is not None:
-        a, b = f.steps
-        parts.append(f"step {a}" if a == b else f"steps {a}..{b}")
-    return "; ".join(parts)
-
-
 def finding_html(f: Finding, *, heading: str = "h3", fold_remedies: bool = False) -> str:
     """One finding as an ``<article>``: severity badge, where, evidence, cause, ranked remedies."""
     sev = f.severity.value
@@ -93,7 +80,7 @@ def finding_html(f: Finding, *, heading: str = "h3", fold_remedies: bool = False
         f'<article class="finding sev-{sev}">',
         f'<{heading}><span class="badge">{esc(sev.upper())}</span>{esc(f.title)}</{heading}>',
     ]
-    where = _where(f)
+    where = f.where(6)
     if where:
         parts.append(f'<p class="muted">{esc(where)}</p>')
     if f.evidence:

@@ -17,19 +17,12 @@ from typing import Any
 from gradguard.diagnosis.finding import Finding
 from gradguard.errors import GradguardError
 from gradguard.metrics import (
-    ACT_GRAD_NORM,
-    ACT_SAT_FRAC,
-    ACT_STD,
-    ACT_ZERO_FRAC,
-    GRAD_MAX,
-    GRAD_NORM,
     GRAD_RMS,
-    UPDATE_RATIO,
-    WEIGHT_NORM,
 )
 from gradguard.report._lab_html import render_lab
 from gradguard.report._parts import findings_html, severity_counts, table_html
 from gradguard.report._template import esc, figure, page
+from gradguard.report.terminal import SHOWN_METRICS, layer_rows
 from gradguard.runs.run import Run
 
 __all__ = ["render_run", "render_lab", "write_report", "check_output_path", "run_findings"]
@@ -39,15 +32,7 @@ _LAYER_COLS = (
     "name",
     "kind",
     "numel",
-    GRAD_NORM,
-    GRAD_RMS,
-    GRAD_MAX,
-    WEIGHT_NORM,
-    UPDATE_RATIO,
-    ACT_STD,
-    ACT_ZERO_FRAC,
-    ACT_SAT_FRAC,
-    ACT_GRAD_NORM,
+    *SHOWN_METRICS,
     "nonfinite_steps",
 )
 _LAYER_LABELS = {c: c.replace("_", " ") for c in _LAYER_COLS} | {
@@ -128,8 +113,6 @@ def _events(run: Run) -> str:
 
 def _layer_table(run: Run) -> list[dict[str, Any]]:
     """Latest statistics per layer; ``kind`` shows the activation that follows (``Linear → Tanh``)."""
-    from gradguard.report.terminal import layer_rows
-
     rows = layer_rows(run)
     for r in rows:
         if r.get("activation"):

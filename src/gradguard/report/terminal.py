@@ -15,20 +15,32 @@ import numpy as np
 from gradguard.format import MISSING, number, percent
 from gradguard.metrics import (
     ACT_GRAD_NORM,
+    ACT_MEAN,
     ACT_SAT_FRAC,
     ACT_STD,
     ACT_ZERO_FRAC,
-    GRAD_MAX,
     GRAD_NORM,
     GRAD_NORM_TOTAL,
     GRAD_RMS,
+    LAYER_METRICS,
     NONFINITE,
     UPDATE_RATIO,
     WEIGHT_NORM,
 )
 from gradguard.runs.run import Run
 
-__all__ = ["latest", "layer_rows", "flow_bars", "sparkline", "run_summary", "fit_columns"]
+__all__ = [
+    "SHOWN_METRICS",
+    "latest",
+    "layer_rows",
+    "flow_bars",
+    "sparkline",
+    "run_summary",
+    "fit_columns",
+]
+
+# per-layer metrics the layer tables show (show, the HTML report), in this order
+SHOWN_METRICS = tuple(m for m in LAYER_METRICS if m not in (NONFINITE, ACT_MEAN))
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
@@ -53,18 +65,7 @@ def latest(run: Run, metric: str) -> tuple[int | None, np.ndarray]:
 
 def layer_rows(run: Run) -> list[dict[str, Any]]:
     """One dict per layer (forward order) with its latest statistics."""
-    cols = (
-        GRAD_NORM,
-        GRAD_RMS,
-        GRAD_MAX,
-        WEIGHT_NORM,
-        UPDATE_RATIO,
-        ACT_STD,
-        ACT_ZERO_FRAC,
-        ACT_SAT_FRAC,
-        ACT_GRAD_NORM,
-    )
-    latest_vals = {m: latest(run, m)[1] for m in cols}
+    latest_vals = {m: latest(run, m)[1] for m in SHOWN_METRICS}
     _, nf = run.metric(NONFINITE)
     nonfinite_total = np.nansum(nf, axis=0) if len(nf) else np.zeros(len(run.layers))
     rows = []
@@ -77,7 +78,7 @@ def layer_rows(run: Run) -> list[dict[str, Any]]:
             "numel": lay.numel,
             "trainable": lay.trainable,
         }
-        for m in cols:
+        for m in SHOWN_METRICS:
             row[m] = float(latest_vals[m][j])
         row["nonfinite_steps"] = int(np.count_nonzero(nf[:, j])) if len(nf) else 0
         row["nonfinite_total"] = float(nonfinite_total[j])
