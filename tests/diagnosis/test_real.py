@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -136,3 +137,31 @@ def test_relu_sigma_w2_4_explodes_although_weight_gradients_are_flat() -> None:
     # the weight-gradient profile on its own: no finding
     rms_only = Run.from_arrays(layers=run.layers, metrics={GRAD_RMS: run.metric(GRAD_RMS)})
     assert "exploding_gradients" not in kinds(diagnose(rms_only))
+
+
+def test_underflowed_signal_counts_as_zero_in_the_vanishing_finding() -> None:
+    # regression (issue 12, item 6): an exactly zero backpropagated signal was stored as NaN, so
+    # the layers it reached dropped out of the vanishing fit and the underflow note never appeared
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(40):
+        lin = nn.Linear(16, 16)
+        nn.init.normal_(lin.weight, 0.0, 0.01)  # gain ~0.04 per layer: 0.04**40 underflows fp32
+        nn.init.zeros_(lin.bias)
+        layers += [lin, nn.Tanh()]
+    model = nn.Sequential(*layers, nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gg.watch(model, opt, config="full", diagnose_online=False) as mon:
+        for _ in range(3):
+            x, y = torch.randn(32, 16), torch.randint(0, 3, (32,))
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss)
+    agn = mon.run.metric(ACT_GRAD_NORM)[1][-1]
+    assert (agn == 0).sum() >= 10 and not np.isnan(agn[:-1]).any()
+    (f,) = [f for f in gg.diagnose(mon.run) if f.kind == "vanishing_gradients"]
+    assert f.severity is Severity.CRITICAL
+    assert "exactly zero gradient (underflow)" in f.evidence
+    assert len(f.data["zero_layers"]) == int((agn == 0).sum())
