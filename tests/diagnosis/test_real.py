@@ -11,7 +11,7 @@ from torch import nn
 
 import gradguard as gg
 from gradguard.diagnosis import Finding, Severity, diagnose
-from gradguard.metrics import ACT_GRAD_NORM, GRAD_RMS, LOSS
+from gradguard.metrics import ACT_GRAD_NORM, GRAD_MAX, GRAD_NORM, GRAD_RMS, LOSS, NONFINITE
 from gradguard.runs.run import Run
 
 D_IN, D_OUT, BATCH = 16, 4, 32
@@ -165,3 +165,74 @@ def test_underflowed_signal_counts_as_zero_in_the_vanishing_finding() -> None:
     assert f.severity is Severity.CRITICAL
     assert "exactly zero gradient (underflow)" in f.evidence
     assert len(f.data["zero_layers"]) == int((agn == 0).sum())
+
+
+class _Flaky(nn.Linear):
+    """A Linear whose forward output (``where="forward"``) or the gradient its backward hands on
+    (``where="backward"``) turns NaN while ``armed``."""
+
+    def __init__(self, d: int, where: str) -> None:
+        super().__init__(d, d)
+        self.where, self.armed = where, False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if self.armed and self.where == "forward":
+            return y * math.nan
+        if self.armed and self.where == "backward":
+            y.register_hook(lambda g: g * math.nan)
+        return y
+
+
+def _train_until_nan(where: str, k: int = 3, j: int = 2) -> tuple[Run, str]:
+    torch.manual_seed(0)
+    mods: list[nn.Module] = []
+    for i in range(5):
+        mods += [_Flaky(16, where) if i == j else nn.Linear(16, 16), nn.Tanh()]
+    model = nn.Sequential(*mods, nn.Linear(16, 3))
+    flaky = mods[2 * j]
+    name = str(2 * j)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gg.watch(model, opt, config="full", diagnose_online=False) as mon:
+        for step in range(k + 2):
+            flaky.armed = step == k  # type: ignore[assignment]
+            x, y = torch.randn(32, 16), torch.randint(0, 3, (32,))
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss)
+    return mon.run, name
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_nonfinite_names_where_the_nan_was_born(where: str) -> None:
+    # regression (issue 12 item 8, issue 13 item 3): a NaN born in layer j's forward output was
+    # blamed on layer '0' (the first layer with a NaN gradient); one born in the backward pass was
+    # blamed on the layer farthest from where it appeared
+    run, name = _train_until_nan(where)
+    f = kinds(diagnose(run))["nonfinite"]
+    assert f.steps is not None and f.steps[0] == 3
+    assert f.layers == (name,), f.evidence
+    assert f.data["origin_pass"] == where
+    assert ("forward output of" if where == "forward" else "backward pass") in f.evidence
+
+
+def test_overflowing_statistic_is_not_reported_as_nan() -> None:
+    # regression (issue 12, item 1): gradients up to ~1e25, all finite, overflow the float32 sum
+    # of squares to Inf; that was reported as CRITICAL nonfinite, with an untrue cause
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay finite
+    with gg.watch(model, opt, config="full", diagnose_online=False) as mon:
+        for _ in range(6):
+            loss = model(torch.randn(32, 16)).square().mean() * 1e25
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.log(loss=loss)
+    run = mon.run
+    assert np.isinf(run.metric(GRAD_NORM)[1]).any()  # the statistic overflowed ...
+    assert np.isfinite(run.metric(GRAD_MAX)[1]).all()  # ... the values did not
+    assert (run.metric(NONFINITE)[1] == 0).all()
+    assert "nonfinite" not in kinds(diagnose(run))

@@ -1,11 +1,27 @@
-"""nonfinite: NaN/Inf in the loss, gradients or weights: the first step, the first layer.
+"""nonfinite: NaN/Inf in the loss, gradients or weights: the first step, where it was born.
 
 Sources: the per-layer ``nonfinite`` count (> 0); Inf in any per-layer metric; NaN
 ``weight_norm`` in a layer that has finite values at other steps; NaN ``grad_norm``/``grad_rms``
 likewise but only when no ``nonfinite`` count was recorded (NaN also means "no gradient this
-step", e.g. a layer used only sometimes); a non-finite ``loss``; an Inf ``grad_norm_total``. At the first bad step a
-layer whose *weights* are non-finite is the origin (a NaN weight makes every gradient NaN);
-otherwise the first layer in forward order with a non-finite gradient.
+step", e.g. a layer used only sometimes); a non-finite ``loss``; an Inf ``grad_norm_total``.
+
+An Inf *statistic* of finite values is not a source: a sum of squares of gradients up to 1e31
+overflows float32 to Inf while every gradient is finite (``nonfinite`` 0, ``grad_max`` finite);
+that is an explosion (the exploding rule's), and this rule records the steps in
+``data["statistic_overflow_steps"]``.
+
+The origin, at the first bad step, and the pass it came from:
+
+- ``weights``: a layer whose weights are non-finite (a NaN weight makes every output NaN);
+- ``forward``: else, where activation statistics were recorded at that step, the first layer in
+  forward order whose output is non-finite (position 0 with finite weights: the input, or that
+  layer's own forward);
+- ``loss``: the outputs are finite but the loss is not;
+- ``backward``: the loss (and the outputs, where recorded) are finite but gradients are not: the
+  first layer in *backward* order (the last in forward order) with a non-finite gradient -- the
+  layers before it only inherited the NaN;
+- ``forward or loss``: the loss is non-finite and no activation statistics were recorded at that
+  step; no layer is named (``detail_every=1`` or ``gg.locate_nonfinite`` finds it).
 """
 
 from __future__ import annotations
@@ -15,6 +31,9 @@ import numpy as np
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.diagnosis.view import RunView
 from gradguard.metrics import (
+    ACT_MEAN,
+    ACT_STD,
+    GRAD_MAX,
     GRAD_NORM,
     GRAD_NORM_TOTAL,
     GRAD_RMS,
@@ -43,12 +62,86 @@ def _bad_cells(view: RunView, name: Metric) -> tuple[np.ndarray, np.ndarray]:
     if name == NONFINITE:
         return steps, np.nan_to_num(v, nan=0.0) > 0
     inf = np.isinf(v)
+    if name in (GRAD_NORM, GRAD_RMS):
+        inf &= ~_overflow_cells(view, steps)
     if name.group == "update" or (name != WEIGHT_NORM and view.run.has_metric(NONFINITE)):
         # NaN there also means "no gradient this step" (an unused layer): the nonfinite
         # count is the authority on NaN gradients when it was recorded
         return steps, inf
     has_value = np.isfinite(v).any(axis=0, keepdims=True)  # the layer has a value somewhere
     return steps, inf | (np.isnan(v) & has_value)
+
+
+def _overflow_cells(view: RunView, steps: np.ndarray) -> np.ndarray:
+    """``[S, L]``: the layer's values were all finite (no non-finite count, a finite max |g|) at
+    that step, so an Inf statistic there is an overflow of the statistic, not a NaN/Inf value."""
+    out = np.zeros((len(steps), len(view.names)), dtype=bool)
+    if not (view.run.has_metric(NONFINITE) and view.run.has_metric(GRAD_MAX)):
+        return out
+    nf_steps, nf = view.run.metric(NONFINITE)
+    mx_steps, mx = view.run.metric(GRAD_MAX)
+    nf_at = {int(s): i for i, s in enumerate(nf_steps)}
+    mx_at = {int(s): i for i, s in enumerate(mx_steps)}
+    for r, s in enumerate(steps.tolist()):
+        if s in nf_at and s in mx_at:
+            out[r] = (np.nan_to_num(nf[nf_at[s]], nan=1.0) == 0) & np.isfinite(mx[mx_at[s]])
+    return out
+
+
+def _overflow_steps(view: RunView) -> set[int]:
+    """Steps at which no layer held a NaN/Inf gradient or weight (non-finite counts 0, every
+    max |g| finite where measured): an Inf total norm there overflowed, the values did not."""
+    if not (view.run.has_metric(NONFINITE) and view.run.has_metric(GRAD_MAX)):
+        return set()
+    nf_steps, nf = view.run.metric(NONFINITE)
+    mx_steps, mx = view.run.metric(GRAD_MAX)
+    clean = {int(s) for s, row in zip(nf_steps, nf) if not (np.nan_to_num(row, nan=0.0) > 0).any()}
+    finite = {int(s) for s, row in zip(mx_steps, mx) if not np.isinf(row).any()}
+    return clean & finite
+
+
+def _bad_outputs(view: RunView, step: int) -> list[int] | None:
+    """Forward positions whose activation statistics are non-finite at ``step`` (None: none
+    recorded at that step)."""
+    found = None
+    for name in (ACT_MEAN, ACT_STD):
+        steps, v = view.run.metric(name)
+        rows = np.flatnonzero(steps == step)
+        if not len(rows) or v.ndim != 2:
+            continue
+        row = np.asarray(v[rows[0]], dtype=np.float64)
+        seen = np.isfinite(v).any(axis=0)  # NaN also means "not measured" for a layer
+        bad = ~np.isfinite(row) & (seen | np.isinf(row))
+        found = sorted(set(found or []) | {int(p) for p in np.flatnonzero(bad)})
+    return found
+
+
+def _origin(
+    view: RunView, first_step: int, at_first: dict[Metric, list[int]]
+) -> tuple[int | None, str]:
+    """``(forward position or None, pass)`` where the first NaN/Inf was born (module docstring)."""
+    if at_first.get(WEIGHT_NORM):
+        return min(at_first[WEIGHT_NORM]), "weights"
+    outputs = _bad_outputs(view, first_step)
+    if outputs:
+        return outputs[0], "forward"
+    grads = sorted({pos for n in (NONFINITE, GRAD_NORM, GRAD_RMS) for pos in at_first.get(n, [])})
+    if LOSS in at_first:
+        return None, ("loss" if outputs is not None else "forward or loss")
+    if grads:
+        return max(grads), "backward"
+    for name in _LAYER_SOURCES:
+        if at_first.get(name):
+            return min(at_first[name]), "update"
+    return None, "unknown"
+
+
+_PASS_WORDS = {
+    "weights": "in the weights of",
+    "forward": "in the forward output of",
+    "backward": "in the backward pass, at the gradient of",
+    "update": "in the update of",
+}
 
 
 def check(view: RunView) -> list[Finding]:
@@ -63,23 +156,24 @@ def check(view: RunView) -> list[Finding]:
             r = int(rows[np.argmin(steps[rows])])
             per_source[name] = (s, [int(pos) for pos in np.flatnonzero(bad[r])])
             affected.update(int(pos) for pos in np.flatnonzero(bad.any(axis=0)))
+    overflow_steps: list[int] = []
     for name in _SCALAR_SOURCES:
         steps, v = view.scalar(name)
         bad_rows = np.flatnonzero(~np.isfinite(v))
         if name == GRAD_NORM_TOTAL and NONFINITE in view.run.metric_names:
             bad_rows = np.flatnonzero(np.isinf(v))  # NaN there may mean "no gradients at all"
+            overflow = _overflow_steps(view)
+            overflow_steps = [int(steps[r]) for r in bad_rows if int(steps[r]) in overflow]
+            bad_rows = np.asarray(
+                [r for r in bad_rows if int(steps[r]) not in overflow], dtype=np.int64
+            )
         if len(bad_rows):
             per_source[name] = (int(steps[bad_rows].min()), [])
     if not per_source:
         return []
     first_step = min(s for s, _ in per_source.values())
     at_first = {k: lays for k, (s, lays) in per_source.items() if s == first_step}
-    # weights first (the origin), then gradients; there, the first layer in forward order
-    origin: int | None = None
-    for name in _LAYER_SOURCES:
-        if at_first.get(name):
-            origin = min(at_first[name])
-            break
+    origin, born = _origin(view, first_step, at_first)
     what = sorted(at_first)
     last_step = max(
         [
@@ -90,7 +184,19 @@ def check(view: RunView) -> list[Finding]:
         + [int(view.scalar(n)[0].max()) for n in view.run.scalar_names if len(view.scalar(n)[0])]
         + [first_step]
     )
-    where = f" in layer '{view.names[origin]}'" if origin is not None else ""
+    if origin is not None:
+        where = f" {_PASS_WORDS[born]} layer '{view.names[origin]}'"
+        if born == "forward" and origin == 0:
+            where += " (or in the input)"
+    elif born == "loss":
+        where = " in the loss (the model's outputs were finite)"
+    elif born == "forward or loss":
+        where = (
+            " in the forward pass or the loss (no activation statistics at that step: "
+            "detail_every=1 or gg.locate_nonfinite names the layer)"
+        )
+    else:
+        where = ""
     evidence = (
         f"first NaN/Inf at step {first_step}{where} ({', '.join(what)}); "
         f"{len(affected)} layer(s) affected in all"
@@ -119,6 +225,8 @@ def check(view: RunView) -> list[Finding]:
             data={
                 "first_step": first_step,
                 "first_layer": view.names[origin] if origin is not None else None,
+                "origin_pass": born,
+                "statistic_overflow_steps": overflow_steps,
                 "sources": {k: s for k, (s, _) in per_source.items()},
                 "layers_affected": [view.names[pos] for pos in sorted(affected)],
             },
