@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from typing import Any
+
+from gradguard.format import number
 
 
 def register(sub: Any) -> None:
@@ -32,13 +33,7 @@ def register(sub: Any) -> None:
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf"
-        return f"{v:.6g}"
-    return str(v)
+    return number(v, digits=6) if isinstance(v, float) else str(v)
 
 
 def run(args: argparse.Namespace) -> int:
