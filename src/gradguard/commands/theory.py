@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
 
 
 def _cell(v: Any) -> str:
-    return number(v) if isinstance(v, float) else str(v)
+    return number(v, digits=6) if isinstance(v, float) else str(v)
 
 
 def run(args: argparse.Namespace) -> int:

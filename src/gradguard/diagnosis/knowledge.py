@@ -21,6 +21,8 @@ from typing import Any
 
 from gradguard.diagnosis.finding import Remedy
 from gradguard.errors import ConfigError
+from gradguard.model.activations import SATURATING, family, kind_of
+from gradguard.model.schemes import Scheme
 
 __all__ = [
     "Technique",
@@ -55,10 +57,22 @@ TECHNIQUES: dict[str, Technique] = {
             "Leaky ReLU / ELU / GELU",
             "replace nn.ReLU() by nn.LeakyReLU(0.01) (or nn.ELU(), nn.GELU())",
         ),
-        _T("he_init", "He (Kaiming) initialisation", 'gg.init_(model, "he")'),
-        _T("xavier_init", "Xavier (Glorot) initialisation", 'gg.init_(model, "xavier")'),
-        _T("orthogonal_init", "orthogonal initialisation", 'gg.init_(model, "orthogonal")'),
-        _T("lsuv_init", "LSUV initialisation", 'gg.init_(model, "lsuv", data=batch)'),
+        _T("he_init", "He (Kaiming) initialisation", f'gg.init_(model, "{Scheme.HE.value}")'),
+        _T(
+            "xavier_init",
+            "Xavier (Glorot) initialisation",
+            f'gg.init_(model, "{Scheme.XAVIER.value}")',
+        ),
+        _T(
+            "orthogonal_init",
+            "orthogonal initialisation",
+            f'gg.init_(model, "{Scheme.ORTHOGONAL.value}")',
+        ),
+        _T(
+            "lsuv_init",
+            "LSUV initialisation",
+            f'gg.init_(model, "{Scheme.LSUV.value}", data=batch)',
+        ),
         _T(
             "batchnorm",
             "BatchNorm",
@@ -143,41 +157,23 @@ TECHNIQUES: dict[str, Technique] = {
     )
 }
 
-# Activation families by normalised class name ("nn.LeakyReLU" -> "leakyrelu").
-_SATURATING = {"sigmoid", "tanh", "hardtanh", "hardsigmoid", "softsign", "logsigmoid", "tanhshrink"}
-_DYING = {"relu", "relu6"}  # can die: zero output and zero gradient for negative inputs
-_RELU_LIKE = _DYING | {
-    "leakyrelu",
-    "prelu",
-    "rrelu",
-    "elu",
-    "selu",
-    "celu",
-    "gelu",
-    "silu",
-    "swish",
-    "mish",
-    "softplus",
-    "hardswish",
+# The technique that applies each init scheme.
+_INIT_TECHNIQUE: dict[Scheme, str] = {
+    Scheme.HE: "he_init",
+    Scheme.XAVIER: "xavier_init",
+    Scheme.ORTHOGONAL: "orthogonal_init",
+    Scheme.LSUV: "lsuv_init",
 }
 
 
 def activation_family(activation: str | None) -> str | None:
-    """``"saturating"``, ``"dying"`` (ReLU, ReLU6), ``"relu_like"`` or None (unknown / none).
+    """``"saturating"``, ``"dying"`` (ReLU, ReLU6), ``"relu_like"`` or None (unknown / none),
+    from the activation table (:func:`gradguard.model.activations.family`).
 
     >>> activation_family("nn.Sigmoid"), activation_family("LeakyReLU"), activation_family(None)
     ('saturating', 'relu_like', None)
     """
-    if not activation:
-        return None
-    key = "".join(ch for ch in str(activation).split(".")[-1].lower() if ch.isalnum())
-    if key in _SATURATING:
-        return "saturating"
-    if key in _DYING:
-        return "dying"
-    if key in _RELU_LIKE:
-        return "relu_like"
-    return None
+    return family(activation)
 
 
 @dataclass(frozen=True)
@@ -214,10 +210,12 @@ class Context:
         )
 
     def init_key(self) -> str:
-        """The initialisation that matches the activation."""
+        """The initialisation that matches the activation (the table's scheme for it; He when
+        the activation is unknown)."""
         if self.recurrent:
-            return "orthogonal_init"
-        return "xavier_init" if self.family == "saturating" else "he_init"
+            return _INIT_TECHNIQUE[Scheme.ORTHOGONAL]
+        kind = kind_of(self.activation)
+        return _INIT_TECHNIQUE[Scheme.HE if kind is None else kind.scheme]
 
 
 _Ranked = list[tuple[str, str]]  # (technique key, why it helps here), best first
@@ -226,7 +224,7 @@ _Ranked = list[tuple[str, str]]  # (technique key, why it helps here), best firs
 def _init_why(c: Context) -> str:
     if c.recurrent:
         return "an orthogonal recurrent matrix keeps every singular value at 1, so the signal neither shrinks nor grows over time steps"
-    if c.family == "saturating":
+    if c.family == SATURATING:
         return f"Var(W) = 2/(fan_in + fan_out) keeps the signal's variance through {c.act_name} layers, near their linear range"
     return "Var(W) = 2/fan_in keeps the signal's variance constant through ReLU layers, forward and backward"
 
@@ -237,7 +235,7 @@ def _norm_key(c: Context) -> str:
 
 def _vanishing(c: Context) -> _Ranked:
     r: _Ranked = []
-    if c.family == "saturating" or c.saturation:
+    if c.family == SATURATING or c.saturation:
         r.append(
             (
                 "relu_family",
@@ -408,7 +406,7 @@ def _saturation(c: Context) -> _Ranked:
             f"saturated {c.act_name} units pass almost no gradient; ReLU-family units do not saturate for positive inputs",
         ),
         (
-            c.init_key() if c.family == "saturating" else "xavier_init",
+            c.init_key() if c.family == SATURATING else "xavier_init",
             "smaller initial weights keep pre-activations in the linear range of the activation",
         ),
     ]
@@ -488,7 +486,7 @@ def _stalled(c: Context) -> _Ranked:
                 "per-parameter step sizes make progress where the gradient is small",
             )
         )
-    if c.family == "saturating" or c.saturation:
+    if c.family == SATURATING or c.saturation:
         r.append(
             ("relu_family", f"saturated {c.act_name} units pass almost no gradient to learn from")
         )

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from gradguard.errors import ConfigError
+from gradguard.model.schemes import Scheme
 from gradguard.runs.run import Run
 
 __all__ = [
@@ -53,8 +54,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 # Weight initialisations by name. "default" keeps PyTorch's nn.Linear init
-# (kaiming_uniform with a=sqrt(5): std = 1/sqrt(3 * fan_in)), what a model gets out of the box.
-INITS = ("default", "small", "unit", "xavier", "he")
+# (kaiming_uniform with a=sqrt(5): std = 1/sqrt(3 * fan_in)), what a model gets out of the box;
+# "small" and "unit" are the textbook failures; the others are gg.init_'s schemes, by their names.
+INITS = ("default", "small", "unit", Scheme.XAVIER.value, Scheme.HE.value)
 
 
 def init_linear_(layer: nn.Linear, init: str, *, sigma_w: float | None = None) -> None:
@@ -78,9 +80,9 @@ def init_linear_(layer: nn.Linear, init: str, *, sigma_w: float | None = None) -
             w.normal_(0.0, 0.01)
         elif init == "unit":
             w.normal_(0.0, 1.0)
-        elif init == "xavier":
+        elif init == Scheme.XAVIER:
             nn.init.xavier_normal_(w)
-        elif init == "he":
+        elif init == Scheme.HE:
             nn.init.kaiming_normal_(w, nonlinearity="relu")
         else:
             raise ConfigError(f"unknown init {init!r}; use one of {list(INITS)}")

@@ -52,23 +52,11 @@ JACOBIAN_EXAMPLES = 16  # larger batches: the Jacobian gets its own pass on this
 
 def _theory_activation(module: nn.Module | None) -> Any:
     """The theory activation equivalent to an activation module, or None."""
+    from gradguard.model.activations import theory_spec
     from gradguard.theory import resolve_activation
 
-    if module is None:
-        return None
-    simple = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.ReLU: "relu", nn.SELU: "selu"}
-    for cls, name in simple.items():
-        if type(module) is cls:
-            return resolve_activation(name)
-    if type(module) is nn.LeakyReLU:
-        return resolve_activation("leaky_relu", negative_slope=float(module.negative_slope))
-    if type(module) is nn.ELU:
-        return resolve_activation("elu", alpha=float(module.alpha))
-    if type(module) is nn.GELU and module.approximate == "none":
-        return resolve_activation("gelu")
-    if type(module) is nn.Hardtanh and (module.min_val, module.max_val) == (-1.0, 1.0):
-        return resolve_activation("hard_tanh")
-    return None
+    spec = theory_spec(module)
+    return None if spec is None else resolve_activation(spec[0], **spec[1])
 
 
 def check(

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradguard.model.activations import kind_of
 from gradguard.model.tensors import call_model
 
-__all__ = ["Activation", "activation_of", "leaf_order", "is_weight_layer"]
+__all__ = ["ActivationChoice", "activation_of", "leaf_order", "is_weight_layer"]
 
 # modules that pass the signal on without changing its scale much: look through them
 _TRANSPARENT = (
@@ -38,45 +39,21 @@ _TRANSPARENT = (
 )
 _WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase)
 
-# activation module -> name understood by torch.nn.init.calculate_gain (GELU, SiLU, ELU, Mish
-# are ReLU-like: they get the ReLU gain, which is what people use for them in practice)
-_NAMES: dict[type[nn.Module], str] = {
-    nn.ReLU: "relu",
-    nn.ReLU6: "relu",
-    nn.LeakyReLU: "leaky_relu",
-    nn.Tanh: "tanh",
-    nn.Sigmoid: "sigmoid",
-    nn.SELU: "selu",  # gain 1 (LeCun init), not calculate_gain("selu"): see Activation.init_name
-    nn.GELU: "relu",
-    nn.SiLU: "relu",
-    nn.ELU: "relu",
-    nn.CELU: "relu",
-    nn.Mish: "relu",
-    nn.Hardtanh: "linear",
-    nn.Softplus: "relu",
-}
-
 
 @dataclass(frozen=True)
-class Activation:
-    """The activation chosen for a layer and where that choice came from."""
+class ActivationChoice:
+    """The activation ``init_`` chose a layer's gain for, and where that choice came from."""
 
-    name: str  # what calculate_gain understands: "relu", "tanh", "leaky_relu", "linear", ...
+    nonlinearity: str  # what torch.nn.init gets: "relu", "tanh", "leaky_relu", "linear", ...
     param: float | None  # negative slope for leaky_relu, else None
     label: str  # what to show: the module class ("GELU") or the name
     source: str  # "given", "forward trace", "registration order", "output layer", "default"
 
     @property
     def gain(self) -> float:
-        """The init gain; 1 for SELU (see :attr:`init_name`), else ``calculate_gain``'s."""
-        return float(nn.init.calculate_gain(self.init_name, self.param))  # type: ignore[arg-type]
-
-    @property
-    def init_name(self) -> str:
-        """The nonlinearity to hand to ``torch.nn.init``: SELU's self-normalisation (Klambauer
-        et al. 2017) needs Var(W) = 1/fan_in (LeCun), i.e. gain 1 -- torch's docs say to pass
-        'linear' for it; ``calculate_gain('selu')`` = 3/4 trades that fixed point away."""
-        return "linear" if self.name == "selu" else self.name
+        """``torch.nn.init.calculate_gain`` of :attr:`nonlinearity` (SELU's is 1: the activation
+        table hands ``"linear"`` for it, see :class:`~gradguard.model.activations.ActivationKind`)."""
+        return float(nn.init.calculate_gain(self.nonlinearity, self.param))  # type: ignore[arg-type]
 
 
 def is_weight_layer(m: nn.Module) -> bool:
@@ -107,18 +84,18 @@ def leaf_order(model: nn.Module, data: Any = None) -> tuple[list[nn.Module], str
     return seen, "forward trace"
 
 
-def activation_of(order: list[nn.Module], i: int, source: str, default: str) -> Activation:
+def activation_of(order: list[nn.Module], i: int, source: str, default: str) -> ActivationChoice:
     """The activation after ``order[i]``: skip transparent modules, stop at the next layer."""
     for m in order[i + 1 :]:
         if isinstance(m, _TRANSPARENT):
             continue
-        for cls, name in _NAMES.items():
-            if isinstance(m, cls):
-                slope = float(m.negative_slope) if isinstance(m, nn.LeakyReLU) else None
-                return Activation(name, slope, type(m).__name__, source)
+        kind = kind_of(m)
+        if kind is not None and kind.nonlinearity is not None:
+            slope = kind.params_of(m).get("negative_slope")
+            return ActivationChoice(kind.nonlinearity, slope, type(m).__name__, source)
         if is_weight_layer(m):
             break  # two weight layers in a row: no activation module between them
         break  # something else (a custom module, an embedding...): unknown
     else:
-        return Activation("linear", None, "none", "output layer")
-    return Activation(default, None, default, "default (no activation module found)")
+        return ActivationChoice("linear", None, "none", "output layer")
+    return ActivationChoice(default, None, default, "default (no activation module found)")

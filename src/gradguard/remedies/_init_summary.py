@@ -15,7 +15,7 @@ class LayerInit:
 
     name: str  # qualified module name, "(root)" for the model itself
     kind: str  # module class, e.g. "Linear"
-    scheme: str  # "xavier" / "he" / "orthogonal" / "lsuv"
+    scheme: str  # a Scheme value: "xavier" / "he" / "orthogonal" / "lsuv"
     activation: str  # the activation the gain was chosen for, e.g. "Tanh", "relu", "none"
     source: str  # how the activation was found: "forward trace", "registration order", "given"...
     gain: float  # gain used for the draw

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -17,8 +16,10 @@ import torch
 from torch import nn
 
 from gradguard.errors import ConfigError, GradguardError
+from gradguard.model.activations import kind_of
+from gradguard.model.schemes import Choice, Scheme
 from gradguard.remedies._activations import (
-    Activation,
+    ActivationChoice,
     activation_of,
     is_weight_layer,
     leaf_order,
@@ -30,37 +31,12 @@ from gradguard.remedies._lsuv import lsuv_rescale
 __all__ = ["Scheme", "init_", "InitSummary", "LayerInit"]
 
 
-class _Choice(str, enum.Enum):
-    """A string option that fails early, listing the valid values."""
-
-    @classmethod
-    def parse(cls, value: Any, arg: str) -> Any:
-        try:
-            return cls(value.lower() if isinstance(value, str) else value)
-        except ValueError:
-            valid = ", ".join(repr(m.value) for m in cls)
-            raise ConfigError(f"{arg}={value!r} is not known; use one of {valid}") from None
-
-
-class Scheme(_Choice):
-    """Initialisation schemes ("kaiming" and "glorot" are accepted as aliases)."""
-
-    XAVIER = "xavier"  # Glorot & Bengio 2010: Var(W) = gain^2 * 2 / (fan_in + fan_out)
-    HE = "he"  # He et al. 2015: Var(W) = gain^2 / fan (fan_in or fan_out)
-    ORTHOGONAL = "orthogonal"  # Saxe et al. 2014: W W^T = gain^2 I
-    LSUV = "lsuv"  # Mishkin & Matas 2016: orthonormal, then unit output variance on data
-
-    @classmethod
-    def _missing_(cls, value: object) -> Scheme | None:
-        return {"kaiming": cls.HE, "glorot": cls.XAVIER}.get(str(value).lower())
-
-
-class Distribution(_Choice):
+class Distribution(Choice):
     UNIFORM = "uniform"
     NORMAL = "normal"
 
 
-class Mode(_Choice):
+class Mode(Choice):
     FAN_IN = "fan_in"  # keeps the forward signal's variance
     FAN_OUT = "fan_out"  # keeps the backward gradient's variance
 
@@ -68,17 +44,17 @@ class Mode(_Choice):
 _GATES = {nn.LSTM: 4, nn.GRU: 3}
 
 
-def _given_activation(nonlinearity: Any) -> Activation | None:
+def _given_activation(nonlinearity: Any) -> ActivationChoice | None:
     if nonlinearity is None:
         return None
     if isinstance(nonlinearity, nn.Module):
         act = activation_of([nn.Identity(), nonlinearity], 0, "given", "unknown")
-        if act.name == "unknown":
+        if act.nonlinearity == "unknown":
             raise ConfigError(
                 f"nonlinearity={type(nonlinearity).__name__} has no known gain; pass a name "
                 "such as 'relu', 'tanh', 'leaky_relu', 'sigmoid', 'selu' or 'linear'"
             )
-        return Activation(act.name, act.param, act.label, "given")
+        return ActivationChoice(act.nonlinearity, act.param, act.label, "given")
     name = str(nonlinearity).lower()
     try:
         nn.init.calculate_gain(name)  # type: ignore[arg-type]
@@ -87,11 +63,13 @@ def _given_activation(nonlinearity: Any) -> Activation | None:
             f"nonlinearity={nonlinearity!r} is not known; use 'relu', 'tanh', 'leaky_relu', "
             "'sigmoid', 'selu' or 'linear' (or pass the activation module)"
         ) from None
-    return Activation(name, None, name, "given")
+    kind = kind_of(name)  # "selu": the table's "linear" (LeCun), see ActivationKind
+    nl = kind.nonlinearity if kind is not None and kind.nonlinearity is not None else name
+    return ActivationChoice(nl, None, name, "given")
 
 
 def _draw(
-    scheme: Scheme, dist: Distribution, mode: Mode, act: Activation
+    scheme: Scheme, dist: Distribution, mode: Mode, act: ActivationChoice
 ) -> Callable[[torch.Tensor], Any]:
     """The torch.nn.init call that fills one weight matrix (or one gate of it)."""
     gain = act.gain
@@ -101,7 +79,7 @@ def _draw(
     if scheme is Scheme.HE:
         kfn = nn.init.kaiming_uniform_ if dist is Distribution.UNIFORM else nn.init.kaiming_normal_
         a = act.param or 0.0
-        nl = act.init_name  # SELU: "linear", so Var(W) = 1/fan (LeCun), as SELU needs
+        nl = act.nonlinearity  # SELU: "linear", so Var(W) = 1/fan (LeCun), as SELU needs
         return lambda w: kfn(w, a=a, mode=mode.value, nonlinearity=nl)  # type: ignore[arg-type]
     # orthogonal, and lsuv's orthonormal start (gain 1: the data sets the scale)
     g = 1.0 if scheme is Scheme.LSUV else gain
@@ -110,14 +88,14 @@ def _draw(
 
 def _init_rnn(
     m: nn.RNNBase, scheme: Scheme, dist: Distribution, mode: Mode
-) -> tuple[Activation, str]:
+) -> tuple[ActivationChoice, str]:
     """Per-gate init of every weight matrix of a recurrent layer; biases zeroed."""
     gates = next((g for cls, g in _GATES.items() if isinstance(m, cls)), 1)
     if gates == 1:  # plain RNN: its own nonlinearity sets the gain
         nl = str(m.nonlinearity)
-        act = Activation(nl, None, nl, "cell")
+        act = ActivationChoice(nl, None, nl, "cell")
     else:  # LSTM/GRU gates mix sigmoid and tanh; the usual choice is gain 1
-        act = Activation("linear", None, "gates", "cell")
+        act = ActivationChoice("linear", None, "gates", "cell")
     draw = _draw(scheme, dist, mode, act)
     for pname, p in m.named_parameters(recurse=False):
         if pname.startswith("bias"):
@@ -210,7 +188,9 @@ def init_(
                 act = given or (
                     activation_of(order[:ran], i, how, default)
                     if i < ran
-                    else Activation(default, None, default, "default (did not run on the data)")
+                    else ActivationChoice(
+                        default, None, default, "default (did not run on the data)"
+                    )
                 )
                 weight, bias = m.weight, m.bias
                 assert isinstance(weight, torch.Tensor)

@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-from gradguard.theory.activations import ACTIVATION_NAMES, Activation, resolve_activation
+from gradguard.theory.activations import ACTIVATION_NAMES, ActivationFn, resolve_activation
 from gradguard.theory.meanfield import MeanField, chi1, critical_sigma_w2, mean_field, phase
 from gradguard.theory.predict import LayerPrediction, layer_sigmas, predict_layers
 
 __all__ = [
     "ACTIVATION_NAMES",
-    "Activation",
+    "ActivationFn",
     "LayerPrediction",
     "MeanField",
     "chi1",

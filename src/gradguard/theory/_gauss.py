@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from gradguard.theory.activations import Activation
+from gradguard.theory.activations import ActivationFn
 
 __all__ = ["m2", "dm2", "d2", "k", "kd", "gauss_expect", "gauss_hermite_expect"]
 
@@ -88,7 +88,7 @@ def gauss_hermite_expect(f, q: float, n: int = 100) -> float:
     return float((f(math.sqrt(q) * x) * w).sum() / _SQ2PI)
 
 
-def _anchors(act: Activation) -> tuple[float, ...]:
+def _anchors(act: ActivationFn) -> tuple[float, ...]:
     return tuple(sorted({0.0, *act.kinks}))
 
 
@@ -101,7 +101,7 @@ def _relu_P(c: Array) -> Array:
     return (math.pi - np.arccos(np.clip(c, -1.0, 1.0))) / (2.0 * math.pi)
 
 
-def m2(act: Activation, q: ArrayLike) -> Array:
+def m2(act: ActivationFn, q: ArrayLike) -> Array:
     """E[phi(u)^2], u ~ N(0, q), for each q."""
     q = np.atleast_1d(np.asarray(q, dtype=float))
     if act.homogeneous is not None:
@@ -111,7 +111,7 @@ def m2(act: Activation, q: ArrayLike) -> Array:
     return gauss_expect(lambda u: act.fn(u) ** 2, 0.0 * q, np.sqrt(q), _anchors(act))
 
 
-def dm2(act: Activation, q: ArrayLike) -> Array:
+def dm2(act: ActivationFn, q: ArrayLike) -> Array:
     """d/dq E[phi(u)^2] = E[phi(u) phi'(u) u] / q (q > 0)."""
     q = np.atleast_1d(np.asarray(q, dtype=float))
     if act.homogeneous is not None:
@@ -122,7 +122,7 @@ def dm2(act: Activation, q: ArrayLike) -> Array:
     return e / q
 
 
-def d2(act: Activation, q: ArrayLike) -> Array:
+def d2(act: ActivationFn, q: ArrayLike) -> Array:
     """E[phi'(u)^2], u ~ N(0, q)."""
     q = np.atleast_1d(np.asarray(q, dtype=float))
     if act.closed_form == "relu":
@@ -134,7 +134,7 @@ def d2(act: Activation, q: ArrayLike) -> Array:
     return gauss_expect(lambda u: act.deriv(u) ** 2, 0.0 * q, np.sqrt(q), _anchors(act))
 
 
-def _pair(f, g, act: Activation, q: float, c: ArrayLike) -> Array:
+def _pair(f, g, act: ActivationFn, q: float, c: ArrayLike) -> Array:
     """E[f(u1) g(u2)] for one q and each c in the array, by nested split quadrature."""
     c = np.atleast_1d(np.asarray(c, dtype=float))
     anchors = _anchors(act)
@@ -154,7 +154,7 @@ def _pair(f, g, act: Activation, q: float, c: ArrayLike) -> Array:
     return out
 
 
-def k(act: Activation, q: float, c: ArrayLike) -> Array:
+def k(act: ActivationFn, q: float, c: ArrayLike) -> Array:
     """E[phi(u1) phi(u2)] with Var u = q and correlation c."""
     c = np.atleast_1d(np.asarray(c, dtype=float))
     if act.closed_form == "relu":
@@ -169,7 +169,7 @@ def k(act: Activation, q: float, c: ArrayLike) -> Array:
     return _pair(act.fn, act.fn, act, q, c)
 
 
-def kd(act: Activation, q: float, c: ArrayLike) -> Array:
+def kd(act: ActivationFn, q: float, c: ArrayLike) -> Array:
     """E[phi'(u1) phi'(u2)] with Var u = q and correlation c."""
     c = np.atleast_1d(np.asarray(c, dtype=float))
     if act.closed_form == "relu":

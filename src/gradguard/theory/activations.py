@@ -1,7 +1,7 @@
 """Activation functions as the mean-field theory sees them: phi, phi', kinks, closed-form hints.
 
-A theory activation is a frozen :class:`Activation`; :func:`resolve_activation` turns a name
-(``"tanh"``, ``"leaky_relu"``...), an :class:`Activation` or any elementwise callable into one.
+A theory activation is a frozen :class:`ActivationFn`; :func:`resolve_activation` turns a name
+(``"tanh"``, ``"leaky_relu"``...), an :class:`ActivationFn` or any elementwise callable into one.
 Only numpy is needed except for ``erf`` and ``gelu``, which use ``scipy.special`` when it is
 installed (``pip install gradguard[theory]``) and a slower pure-Python erf otherwise.
 """
@@ -17,7 +17,7 @@ import numpy as np
 
 from gradguard.errors import GradguardError
 
-__all__ = ["Activation", "resolve_activation", "ACTIVATION_NAMES"]
+__all__ = ["ActivationFn", "ActivationLike", "resolve_activation", "ACTIVATION_NAMES"]
 
 Array = np.ndarray
 Fn = Callable[[Array], Array]
@@ -28,7 +28,7 @@ _SELU_ALPHA = 1.6732632423543772848170429916717
 
 
 @dataclass(frozen=True)
-class Activation:
+class ActivationFn:
     """An elementwise nonlinearity for the mean-field maps.
 
     Args:
@@ -54,6 +54,10 @@ class Activation:
     @property
     def param(self) -> dict[str, float]:
         return dict(self.params)
+
+
+# What the theory functions accept as an activation: a name, an ActivationFn or a callable.
+ActivationLike = str | ActivationFn | Callable[..., Any]
 
 
 def _erf() -> Fn:
@@ -84,15 +88,15 @@ def _elu_fn(alpha: float, scale: float = 1.0) -> tuple[Fn, Fn]:
     return fn, deriv
 
 
-def _build(name: str, params: dict[str, float]) -> Activation:
+def _build(name: str, params: dict[str, float]) -> ActivationFn:
     if name == "tanh":
-        return Activation("tanh", np.tanh, lambda x: 1.0 - np.tanh(x) ** 2, kinks=(0.0,))
+        return ActivationFn("tanh", np.tanh, lambda x: 1.0 - np.tanh(x) ** 2, kinks=(0.0,))
     if name == "sigmoid":
-        return Activation(
+        return ActivationFn(
             "sigmoid", _sigmoid, lambda x: _sigmoid(x) * (1.0 - _sigmoid(x)), kinks=(0.0,)
         )
     if name == "relu":
-        return Activation(
+        return ActivationFn(
             "relu",
             lambda x: np.maximum(x, 0.0),
             lambda x: (x > 0).astype(float),
@@ -102,7 +106,7 @@ def _build(name: str, params: dict[str, float]) -> Activation:
         )
     if name == "leaky_relu":
         a = float(params.get("negative_slope", 0.01))
-        return Activation(
+        return ActivationFn(
             f"leaky_relu({a:g})",
             lambda x: np.where(x > 0, x, a * x),
             lambda x: np.where(x > 0, 1.0, a),
@@ -112,7 +116,7 @@ def _build(name: str, params: dict[str, float]) -> Activation:
             params=(("negative_slope", a),),
         )
     if name == "linear":
-        return Activation(
+        return ActivationFn(
             "linear",
             lambda x: np.asarray(x, dtype=float),
             lambda x: np.ones_like(x, dtype=float),
@@ -122,13 +126,13 @@ def _build(name: str, params: dict[str, float]) -> Activation:
     if name == "elu":
         alpha = float(params.get("alpha", 1.0))
         fn, deriv = _elu_fn(alpha)
-        return Activation(f"elu({alpha:g})", fn, deriv, kinks=(0.0,), params=(("alpha", alpha),))
+        return ActivationFn(f"elu({alpha:g})", fn, deriv, kinks=(0.0,), params=(("alpha", alpha),))
     if name == "selu":
         fn, deriv = _elu_fn(_SELU_ALPHA, _SELU_LAMBDA)
-        return Activation("selu", fn, deriv, kinks=(0.0,))
+        return ActivationFn("selu", fn, deriv, kinks=(0.0,))
     if name == "gelu":
         c = 1.0 / math.sqrt(2.0 * math.pi)
-        return Activation(
+        return ActivationFn(
             "gelu",
             lambda x: x * _normal_cdf(x),
             lambda x: _normal_cdf(x) + x * c * np.exp(-0.5 * x * x),
@@ -136,7 +140,7 @@ def _build(name: str, params: dict[str, float]) -> Activation:
         )
     if name == "erf":
         c = 2.0 / math.sqrt(math.pi)
-        return Activation(
+        return ActivationFn(
             "erf",
             lambda x: _erf()(x),
             lambda x: c * np.exp(-x * x),
@@ -144,7 +148,7 @@ def _build(name: str, params: dict[str, float]) -> Activation:
             closed_form="erf",
         )
     if name == "hard_tanh":
-        return Activation(
+        return ActivationFn(
             "hard_tanh",
             lambda x: np.clip(x, -1.0, 1.0),
             lambda x: (np.abs(x) < 1.0).astype(float),
@@ -174,7 +178,7 @@ ACTIVATION_NAMES = (
 )
 
 
-def _from_callable(fn: Callable[..., Any], name: str) -> Activation:
+def _from_callable(fn: Callable[..., Any], name: str) -> ActivationFn:
     """Wrap an elementwise callable (numpy or torch); phi' by central differences."""
 
     def call(x: Array) -> Array:
@@ -217,20 +221,20 @@ def _from_callable(fn: Callable[..., Any], name: str) -> Activation:
         raise GradguardError(
             f"activation {name!r} is not finite on [-2, 2]; pass a finite function"
         )
-    return Activation(name, call, deriv, kinks=(0.0,))
+    return ActivationFn(name, call, deriv, kinks=(0.0,))
 
 
-def resolve_activation(spec: str | Activation | Callable[..., Any], **params: float) -> Activation:
-    """Turn a name, an :class:`Activation` or an elementwise callable into an :class:`Activation`.
+def resolve_activation(spec: ActivationLike, **params: float) -> ActivationFn:
+    """Turn a name, an :class:`ActivationFn` or an elementwise callable into an :class:`ActivationFn`.
 
     Args:
         spec: one of ``ACTIVATION_NAMES`` (case-insensitive; ``leaky_relu`` takes
-            ``negative_slope=0.01``, ``elu`` takes ``alpha=1.0``), an :class:`Activation`, or a
+            ``negative_slope=0.01``, ``elu`` takes ``alpha=1.0``), an :class:`ActivationFn`, or a
             callable mapping a float array (numpy, else torch) elementwise.
         **params: parameters of a named activation.
 
     Returns:
-        The :class:`Activation`.
+        The :class:`ActivationFn`.
 
     Raises:
         GradguardError: unknown name or a callable that cannot be evaluated.
@@ -238,7 +242,7 @@ def resolve_activation(spec: str | Activation | Callable[..., Any], **params: fl
     >>> resolve_activation("leaky_relu", negative_slope=0.1).name
     'leaky_relu(0.1)'
     """
-    if isinstance(spec, Activation):
+    if isinstance(spec, ActivationFn):
         return spec
     if isinstance(spec, str):
         key = spec.strip().lower().replace("-", "_")
@@ -253,6 +257,6 @@ def resolve_activation(spec: str | Activation | Callable[..., Any], **params: fl
         name = getattr(spec, "__name__", None) or type(spec).__name__
         return _from_callable(spec, str(name))
     raise GradguardError(
-        f"activation must be a name, an Activation or a callable, got {type(spec).__name__}; "
+        f"activation must be a name, an ActivationFn or a callable, got {type(spec).__name__}; "
         f"use one of {', '.join(ACTIVATION_NAMES)}"
     )

@@ -17,7 +17,6 @@ critical line.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,11 +25,10 @@ import numpy as np
 from gradguard.errors import GradguardError
 from gradguard.theory import _gauss as G
 from gradguard.theory._solve import root
-from gradguard.theory.activations import Activation, resolve_activation
+from gradguard.theory.activations import ActivationFn, ActivationLike, resolve_activation
 
 __all__ = ["MeanField", "mean_field", "chi1", "critical_sigma_w2", "phase", "solve_q_star"]
 
-ActivationLike = str | Activation | Callable[..., Any]
 CRITICAL_TOL = 1e-6  # |chi_1 - 1| below this is called critical
 _Q_TINY = 1e-200  # evaluate "at q = 0" here (keeps the split at kinks meaningful)
 _Q_MAX = 1e12  # no fixed point below this: the length map diverges
@@ -99,7 +97,7 @@ def _phase(chi_1: float) -> str:
     return "ordered" if chi_1 < 1.0 else "chaotic"
 
 
-def solve_q_star(act: Activation, sw: float, sb: float) -> tuple[float, str]:
+def solve_q_star(act: ActivationFn, sw: float, sb: float) -> tuple[float, str]:
     """Fixed point of the length map and a note on edge cases.
 
     Returns the smallest stable fixed point reached from small q; 0.0 when the origin attracts
@@ -157,7 +155,7 @@ def solve_q_star(act: Activation, sw: float, sb: float) -> tuple[float, str]:
     return root(g, float(grid[i - 1]), float(grid[i])), ""
 
 
-def _chi1_at(act: Activation, sw: float, q: float) -> float:
+def _chi1_at(act: ActivationFn, sw: float, q: float) -> float:
     if math.isnan(q):  # homogeneous: chi_1 does not depend on q
         q = 1.0
     if math.isinf(q):  # large-q limit: E[phi'(sqrt(q) z)^2] -> (phi'(+inf)^2 + phi'(-inf)^2) / 2
@@ -186,7 +184,7 @@ def phase(activation: ActivationLike, sigma_w2: float, sigma_b2: float) -> str:
     return _phase(chi1(activation, sigma_w2, sigma_b2))
 
 
-def _c_star(act: Activation, sw: float, sb: float, q: float, chi_1: float) -> tuple[float, float]:
+def _c_star(act: ActivationFn, sw: float, sb: float, q: float, chi_1: float) -> tuple[float, float]:
     """Stable fixed point of the correlation map and the map's slope there (q finite, > 0)."""
     if chi_1 <= 1.0 + CRITICAL_TOL:
         return 1.0, chi_1  # c = 1 is stable
@@ -225,7 +223,7 @@ def mean_field(activation: ActivationLike, sigma_w2: float, sigma_b2: float) -> 
 
     Args:
         activation: a name (tanh, sigmoid, relu, leaky_relu, elu, gelu, selu, erf, hard_tanh,
-            linear), an :class:`Activation`, or an elementwise callable (numerical integration).
+            linear), an :class:`ActivationFn`, or an elementwise callable (numerical integration).
         sigma_w2: fan_in * Var(W).
         sigma_b2: Var(b).
 

@@ -6,21 +6,19 @@ matplotlib (Agg backend) is imported here, lazily, only when a figure is drawn.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from gradguard.errors import GradguardError
-from gradguard.theory.activations import Activation, resolve_activation
+from gradguard.theory.activations import ActivationLike, resolve_activation
 from gradguard.theory.meanfield import chi1, critical_sigma_w2
 
 __all__ = ["phase_diagram"]
 
 
 def phase_diagram(
-    activation: str | Activation | Callable[..., Any],
+    activation: ActivationLike,
     path: str | Path,
     *,
     point: tuple[float, float] | None = None,

@@ -15,7 +15,7 @@ gradient grows passing backwards through layer l (h_l = layer l's output, before
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from gradguard.errors import GradguardError
 from gradguard.theory import _gauss as G
-from gradguard.theory.activations import Activation, resolve_activation
+from gradguard.theory.activations import ActivationLike, resolve_activation
 
 __all__ = ["LayerPrediction", "predict_layers", "layer_sigmas"]
 
@@ -103,7 +103,7 @@ def _item_sigmas(item: Any) -> tuple[float, float]:
 
 def predict_layers(
     layers: Sequence[Any],
-    activation: str | Activation | Callable[..., Any],
+    activation: ActivationLike,
     q0: float,
 ) -> LayerPrediction:
     """Predict each layer's q_l and backward gain from the actual weights.

@@ -281,3 +281,22 @@ def test_cli_theory_bad_input_exit_2(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("gradguard: error: ") and message in err
+
+
+def test_names_match_the_cli_help_and_the_class_name_is_unique():
+    """The theory's names are what `gradguard theory --help` lists; its class is ActivationFn."""
+    import argparse
+
+    from gradguard.commands import theory as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.register(parser.add_subparsers())
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    help_text = next(a.help for a in sub.choices["theory"]._actions if a.dest == "activation")
+    assert help_text is not None
+    assert [n.strip() for n in help_text.replace(" or ", ", ").split(",")] == list(
+        gg.theory.ACTIVATION_NAMES
+    )
+    assert tuple(ALL) == gg.theory.ACTIVATION_NAMES
+    assert isinstance(resolve_activation("tanh"), gg.theory.ActivationFn)
+    assert not hasattr(gg.theory, "Activation")

@@ -137,7 +137,7 @@ def test_bad_input_is_a_clear_error() -> None:
 def test_docs_table_lists_every_technique() -> None:
     from pathlib import Path
 
-    doc = (Path(__file__).parents[1] / "docs" / "diagnosis.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "diagnosis.md").read_text()
     for t in TECHNIQUES.values():
         assert f"| {t.name} | `{t.how}` |" in doc, t.key
 
