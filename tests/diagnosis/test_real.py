@@ -11,7 +11,15 @@ from torch import nn
 
 import gradguard as gg
 from gradguard.diagnosis import Finding, Severity, diagnose
-from gradguard.metrics import ACT_GRAD_NORM, GRAD_MAX, GRAD_NORM, GRAD_RMS, LOSS, NONFINITE
+from gradguard.metrics import (
+    ACT_GRAD_NORM,
+    ACT_ZERO_FRAC,
+    GRAD_MAX,
+    GRAD_NORM,
+    GRAD_RMS,
+    LOSS,
+    NONFINITE,
+)
 from gradguard.runs.run import Run
 
 D_IN, D_OUT, BATCH = 16, 4, 32
@@ -236,3 +244,14 @@ def test_overflowing_statistic_is_not_reported_as_nan() -> None:
     assert np.isfinite(run.metric(GRAD_MAX)[1]).all()  # ... the values did not
     assert (run.metric(NONFINITE)[1] == 0).all()
     assert "nonfinite" not in kinds(diagnose(run))
+
+
+def test_nan_activations_are_not_dead_units() -> None:
+    # regression (issue 13, item 2): sign(NaN) == 0, so NaN activations counted as zeros and every
+    # NaN run with activation detail got a false CRITICAL dead_units
+    run, _ = _train_until_nan("forward")
+    zero_steps, zero = run.metric(ACT_ZERO_FRAC)
+    after = zero[zero_steps >= 3]
+    assert np.isnan(after[:, 2:]).all()  # NaN outputs from layer 2 on: no zero count, not 100%
+    assert "dead_units" not in kinds(diagnose(run))
+    assert "nonfinite" in kinds(diagnose(run))

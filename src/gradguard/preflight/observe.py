@@ -45,7 +45,7 @@ class Stats:
         self.n += f.numel()
         self.s1 += float(f.sum(dtype=torch.float64))
         self.s2 += float(f.pow(2).sum(dtype=torch.float64))
-        nz = f != 0
+        nz = (f != 0) | ~finite  # a NaN/Inf output is not a zero (not a dead unit)
         self.zeros += int(f.numel() - nz.sum())
         if bounds is not None:
             lo, hi = saturation_tolerance(bounds)

@@ -84,6 +84,9 @@ def activation_sums(y: torch.Tensor, sat_band: tuple[float, float] | None) -> to
         # (7x slower on a ReLU output that is half zeros)
         zeros = n - y.sign().abs_().sum(dtype=torch.float64)
         sat = s1.new_zeros(())
+    # sign(NaN) is 0 on CPU: a NaN output would count as a zero (a "dead unit"); any NaN makes
+    # the sum NaN, so the zero count is unknown then, not a measurement -- no extra pass
+    zeros = torch.where(s1.isnan(), math.nan, zeros)
     return torch.stack([s1, s2, zeros, sat])
 
 
