@@ -652,3 +652,41 @@ def test_class_names_stand_when_the_first_forward_has_no_graph() -> None:
     with gg.watch(model, opt, diagnose_online=False) as mon, torch.no_grad():
         model(torch.randn(4, 8))  # e.g. an evaluation pass first: nothing to read
     assert mon.run.config["residual"] is True and mon.run.config["residual_module"] == "Block"
+
+
+def test_sparse_gradients_are_measured() -> None:
+    # regression (issue 13, item 1): an nn.Embedding(sparse=True) made linalg_vector_norm fail on
+    # the sparse backend, and gradient statistics were switched off for every layer
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 8, sparse=True)
+    head = nn.Linear(8, 3)
+    model = nn.Sequential(emb, head)
+    opts = [torch.optim.SparseAdam(emb.parameters(), lr=1e-2)]
+    dense_opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    refs = []
+    with gg.watch(model, dense_opt, diagnose_online=False) as mon:
+        for _ in range(3):
+            idx = torch.randint(0, 50, (16, 4))
+            idx[0, :2] = 7  # a repeated index: coalesce sums its rows
+            loss = model(idx).mean(1).square().mean()
+            for o in (*opts, dense_opt):
+                o.zero_grad()
+            loss.backward()
+            refs.append(
+                [
+                    float(torch.linalg.vector_norm(emb.weight.grad.to_dense().double())),
+                    float(
+                        torch.linalg.vector_norm(
+                            torch.cat([p.grad.flatten() for p in head.parameters()]).double()
+                        )
+                    ),
+                ]
+            )
+            opts[0].step()
+            dense_opt.step()
+    assert mon.failures.parts == set()
+    steps, gn = mon.run.metric("grad_norm")
+    assert steps.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(gn, np.array(refs), rtol=1e-5)
+    _, gmax = mon.run.metric("grad_max")
+    assert np.isfinite(gmax).all()

@@ -63,7 +63,7 @@ class GradientProbe:
         for i, (_, p) in enumerate(self.trainable):
             if p.grad is not None:
                 present.append(i)
-                grads.append(local(p.grad))
+                grads.append(_dense_values(local(p.grad)))
         wsq = sumsq(self.weights())  # (P,) squared norms of every weight
         f64: dict[str, Any] = {"dtype": torch.float64, "device": self.device}
         rows = torch.zeros((4, L), **f64)  # grad sumsq, weight sumsq, max |g|, non-finite count
@@ -115,3 +115,12 @@ class GradientProbe:
             if len(self._signatures) < 64:
                 self._signatures[present] = got
         return got
+
+
+def _dense_values(g: torch.Tensor) -> torch.Tensor:
+    """What the norms read of a gradient: a sparse one (``nn.Embedding(sparse=True)``) by the
+    values it holds -- the entries it leaves out are zeros, so its sum of squares and max |g| are
+    those of its dense form -- after summing duplicate indices (``coalesce``)."""
+    if g.layout == torch.strided:
+        return g
+    return g.coalesce().values()
