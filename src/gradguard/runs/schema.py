@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
-def connect(path: Path, *, create: bool) -> sqlite3.Connection:
+def connect(path: Path, *, create: bool, read_only: bool = False) -> sqlite3.Connection:
     """Open (or create) a store file and check that it is one."""
     path = Path(path)
     if create:
@@ -88,9 +88,12 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
             f"no store at {str(path)!r}; check the path (gradguard writes it with watch(store=...))"
         )
     try:
-        conn = sqlite3.connect(
-            str(path), timeout=30.0, check_same_thread=False, isolation_level=None
-        )
+        if read_only:
+            conn = _open_read_only(path)
+        else:
+            conn = sqlite3.connect(
+                str(path), timeout=30.0, check_same_thread=False, isolation_level=None
+            )
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         n_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
     except sqlite3.OperationalError as e:
@@ -130,3 +133,23 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
                 f"cannot write store {str(path)!r} ({e}); pass a store path in a writable directory"
             ) from e
     return conn
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """Open a store for reading without writing anything (``mode=ro``). A WAL-mode file in a
+    directory this user cannot write (where SQLite cannot create its ``-shm`` file) is opened
+    ``immutable``: nobody can be writing it from there either."""
+    uri = path.resolve().as_uri()
+    conn = sqlite3.connect(
+        f"{uri}?mode=ro", uri=True, timeout=30.0, check_same_thread=False, isolation_level=None
+    )
+    try:
+        conn.execute("PRAGMA application_id").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        if os.access(path.resolve().parent, os.W_OK):
+            raise
+    return sqlite3.connect(
+        f"{uri}?immutable=1", uri=True, timeout=30.0, check_same_thread=False, isolation_level=None
+    )

@@ -14,6 +14,7 @@ thread. A committed transaction survives a ``kill -9`` of the training process (
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -51,6 +52,7 @@ class Store:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._conn = connect(self.path, create=True)
+        self._inode = os.stat(self.path).st_ino
         self._lock = threading.Lock()
 
     def create_run(
@@ -79,6 +81,7 @@ class Store:
         """Commit one batch in one transaction."""
         with self._lock:
             c = self._conn
+            self._check_file()
             c.execute("BEGIN IMMEDIATE")
             try:
                 if batch.config is not None:
@@ -138,9 +141,28 @@ class Store:
                     ],
                 )
                 c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
+            except BaseException as e:
+                # SQLite may have rolled back already (disk full, I/O error): a failing ROLLBACK
+                # ("no transaction is active") must not hide the error that matters
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise StoreError(f"writing {str(self.path)!r} failed: {e}") from e
                 raise
+
+    def _check_file(self) -> None:
+        """The store file is still the one opened: SQLite keeps writing into a deleted (or
+        replaced) file's inode without an error, and everything it commits there is lost."""
+        try:
+            now = os.stat(self.path).st_ino
+        except OSError:
+            now = None
+        if now != self._inode:
+            raise StoreError(
+                f"the store file {str(self.path)!r} was deleted or replaced while the run was "
+                "being recorded; its committed steps went with it, what was not committed stays "
+                "in memory (mon.run)"
+            )
 
     def runs(self) -> list[tuple[int, str, str]]:
         """``(id, name, created)`` of every run, oldest first."""
@@ -256,7 +278,7 @@ def load(
     >>> run = load("runs/exp.db")   # doctest: +SKIP
     """
     p = Path(path)
-    conn = connect(p, create=False)
+    conn = connect(p, create=False, read_only=True)
     try:
         return _read_run(conn, p, name, run_id)
     except sqlite3.DatabaseError as e:
@@ -270,7 +292,7 @@ def load(
 def list_runs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """``(name, created)`` of every run in a store, oldest first."""
     p = Path(path)
-    conn = connect(p, create=False)
+    conn = connect(p, create=False, read_only=True)
     try:
         return [(r[0], r[1]) for r in conn.execute("SELECT name, created FROM runs ORDER BY id")]
     finally:
