@@ -26,11 +26,16 @@ from gradguard.format import MISSING, number, percent
         (-12.3456, "-12.3"),
         (1e-3, "0.001"),  # the lower bound of plain notation is inside it
         (9.99e-4, "9.99e-04"),
-        (9999.0, "1.00e+04"),  # 3 significant digits round it to 1e4: scientific, as 1e4 is
+        (9999.0, "9999"),  # fixed notation up to 1e4, never fewer digits than the integer part
+        (1234.5, "1234"),
+        (999.7, "1000"),
+        (9999.5, "1.00e+04"),  # rounds to 1e4: scientific, as 1e4 itself
         (1e4, "1.00e+04"),  # the upper bound is outside it
         (2.5e31, "2.50e+31"),
         (np.float64(0.5), "0.5"),
-        (123456789, "1.23e+08"),
+        (123456789, "123456789"),  # an integer prints whole
+        (np.int64(7), "7"),
+        (0.0999999, "0.1"),
     ],
 )
 def test_number(x: object, text: str) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gradguard.diagnosis import diagnose
 from gradguard.diagnosis.finding import Finding
 from gradguard.errors import GradguardError
 from gradguard.metrics import (
@@ -44,11 +45,7 @@ _MAX_EVENTS = 200
 
 
 def run_findings(run: Run) -> list[Finding]:
-    """``gradguard.diagnosis.diagnose(run)``, or ``[]`` where this install has no diagnosis rules."""
-    try:
-        from gradguard.diagnosis import diagnose
-    except ImportError:  # pragma: no cover - only on a partial install
-        return []
+    """``gradguard.diagnosis.diagnose(run)`` as a list."""
     return list(diagnose(run))
 
 
