@@ -272,7 +272,7 @@ def test_empty_run_renders_with_placeholders() -> None:
 def test_render_run_calls_diagnose_when_no_findings_are_given(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import gradguard.diagnosis
+    import gradguard.report.html
 
     seen: list[Run] = []
     mark = Finding("dead_units", Severity.WARNING, ("fc",), evidence="94% zeros")
@@ -281,7 +281,7 @@ def test_render_run_calls_diagnose_when_no_findings_are_given(
         seen.append(run)
         return [mark]
 
-    monkeypatch.setattr(gradguard.diagnosis, "diagnose", spy)
+    monkeypatch.setattr(gradguard.report.html, "diagnose", spy)
     run = Run.from_arrays(name="empty", layers=["fc"])
     html = render_run(run)
     assert seen == [run]
