@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("baseline", help="git revision to compare the working tree with")
     ap.add_argument("--pairs", type=int, default=2, help="A/B pairs of runs (default 2)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
+    ap.add_argument("--workloads", default="W1,W2", help="comma-separated subset of W1,W2")
     args = ap.parse_args(argv)
     results: dict[str, list[dict]] = {"baseline": [], "current": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.pairs):
                 for label, src in (("baseline", base / "src"), ("current", ROOT / "src")):
                     out = Path(tmp) / f"{label}-{i}.json"
-                    results[label].append(run_once(src, out, args.quick))
+                    results[label].append(run_once(src, out, args.quick, args.workloads))
                     print(f"pair {i + 1}/{args.pairs}: {label} done", file=sys.stderr)
         finally:
             subprocess.run(

@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per workload (default 7 / 3)")
     ap.add_argument(
+        "--workloads", default="W1,W2", help="comma-separated subset of W1,W2 (default both)"
+    )
+    ap.add_argument(
         "--steps-only",
         action="store_true",
         help="time the training steps only (skip the statistics-alone and floor measurements)",
@@ -267,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick
         else {"W1": (2, 10, 1), "W2": (2, 10, 1)}
     )
+    plan = {k: v for k, v in plan.items() if k in args.workloads.split(",")}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (rounds, steps, warmup) in plan.items():
             res = bench(name, args.quick, args.rounds or rounds, steps, warmup, Path(tmp))

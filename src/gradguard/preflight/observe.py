@@ -17,6 +17,7 @@ from torch import nn
 from gradguard.model.activations import ACTIVATION_KINDS, activation_bounds, saturation_tolerance
 from gradguard.model.layers import LayerInfo
 from gradguard.model.tensors import first_tensor
+from gradguard.record.kernels import activation_sums
 
 __all__ = ["Call", "Observed", "observe_forward"]
 
@@ -40,16 +41,18 @@ class Stats:
             return
         f = t.float()
         finite = torch.isfinite(f)
-        self.nonfinite += int((~finite).sum())
+        bad = int((~finite).sum())
+        self.nonfinite += bad
         f = torch.where(finite, f, torch.zeros((), dtype=f.dtype, device=f.device))
         self.n += f.numel()
-        self.s1 += float(f.sum(dtype=torch.float64))
-        self.s2 += float(f.pow(2).sum(dtype=torch.float64))
-        nz = (f != 0) | ~finite  # a NaN/Inf output is not a zero (not a dead unit)
-        self.zeros += int(f.numel() - nz.sum())
-        if bounds is not None:
-            lo, hi = saturation_tolerance(bounds)
-            self.saturated += int(((f <= lo) | (f >= hi)).sum())
+        # the Monitor's kernel (one pass per statistic); the check reads the sums at once
+        band = saturation_tolerance(bounds) if bounds is not None else None
+        s1, s2, zeros, sat = activation_sums(f, band).tolist()
+        self.s1 += s1
+        self.s2 += s2
+        self.zeros += int(zeros) - bad  # a NaN/Inf output (zeroed above) is not a zero
+        self.saturated += int(sat)
+        nz = (f != 0) | ~finite  # a NaN/Inf output is not a dead unit either
         if f.ndim >= 2:
             dim = unit_dim % f.ndim
             alive = nz.movedim(dim, -1).reshape(-1, f.shape[dim]).any(dim=0)
