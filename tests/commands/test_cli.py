@@ -89,7 +89,8 @@ def test_terminal_helpers() -> None:
     assert (
         fmt(float("nan")) == "—"
         and fmt(0.0) == "0"
-        and fmt(1234.5) == "1.23e+03"
+        and fmt(1234.5)
+        == "1234"  # fixed notation below 1e4, never fewer digits than the integer part
         and fmt(0.5) == "0.5"
     )
     bars = flow_bars([1e-9, 1e-5, 1.0, float("nan")], width=10)

@@ -28,10 +28,10 @@ from gradguard.lab._common import (
     progress,
     record_gradients,
 )
-from gradguard.lab._figures import line_plot
 from gradguard.lab.data import digits
 from gradguard.metrics import GRAD_NORM
 from gradguard.report.experiment import ExperimentResult
+from gradguard.report.plots import line_plot
 
 __all__ = ["run", "PRESETS"]
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from gradguard.lab._common import deterministic, mlp, progress, train_classifier
-from gradguard.lab._figures import bar_plot, line_plot
 from gradguard.lab.data import digits
 from gradguard.report.experiment import ExperimentResult
+from gradguard.report.plots import bar_plot, line_plot
 
 __all__ = ["run", "PRESETS", "configs"]
 

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from gradguard.lab._common import deterministic, progress, watch_quietly
-from gradguard.lab._figures import line_plot
 from gradguard.lab.data import ADDING_BASELINE_MSE, adding_problem
 from gradguard.report.experiment import ExperimentResult
+from gradguard.report.plots import line_plot
 
 __all__ = ["run", "PRESETS", "SeqRegressor"]
 

@@ -27,10 +27,10 @@ from gradguard.lab._common import (
     progress,
     train_classifier,
 )
-from gradguard.lab._figures import bar_plot, line_plot
 from gradguard.lab.data import digits
 from gradguard.metrics import GRAD_NORM
 from gradguard.report.experiment import ExperimentResult
+from gradguard.report.plots import bar_plot, line_plot
 
 __all__ = ["run", "PRESETS", "CONFIGS", "EXTRA_OPTIONS"]
 
