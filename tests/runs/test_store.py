@@ -130,8 +130,11 @@ def test_bad_input_gets_one_clear_error(tmp_path: Path) -> None:
         gg.watch(model, "sgd")  # type: ignore[arg-type]
     with pytest.raises(gg.GradguardError, match="no parameters"):
         gg.watch(nn.Sequential(nn.Tanh()))
-    with pytest.raises(gg.GradguardError, match="does not exist"):
-        gg.watch(model, store=tmp_path / "missing" / "x.db")
+    # a missing directory is made, as users expect of store="runs/exp.db" (issue 13, item 8)
+    gg.watch(model, store=tmp_path / "missing" / "x.db").close()
+    assert (tmp_path / "missing" / "x.db").is_file()
+    with pytest.raises(gg.GradguardError, match="cannot be made"):
+        gg.watch(model, store="/proc/no-such-dir/x.db")
     with pytest.raises(gg.GradguardError, match="writable directory"):
         gg.watch(model, store="/proc/gradguard-test.db")
     text = tmp_path / "notes.txt"

@@ -73,11 +73,13 @@ def connect(path: Path, *, create: bool, read_only: bool = False) -> sqlite3.Con
     path = Path(path)
     if create:
         parent = path.resolve().parent
-        if not parent.is_dir():
+        try:  # store="runs/exp.db" works without a runs/ directory, as users expect
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
             raise StoreError(
-                f"cannot create store {str(path)!r}: directory {str(parent)!r} does not exist; "
-                "create it first (mkdir -p) or pass another path"
-            )
+                f"cannot create store {str(path)!r}: directory {str(parent)!r} cannot be made "
+                f"({e}); pass a store path in a writable directory"
+            ) from e
         if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise StoreError(
                 f"cannot write store {str(path)!r}: {str(parent)!r} is read-only for this user; "
