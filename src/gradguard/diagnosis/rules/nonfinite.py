@@ -53,7 +53,9 @@ _LAYER_SOURCES = (WEIGHT_NORM, NONFINITE, GRAD_NORM, GRAD_RMS, UPDATE_RATIO)
 _SCALAR_SOURCES = (LOSS, GRAD_NORM_TOTAL)
 
 
-def _bad_cells(view: RunView, name: Metric) -> tuple[np.ndarray, np.ndarray]:
+def _bad_cells(
+    view: RunView, name: Metric, clean: dict[int, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """``(steps, bad[S, L])`` where a per-layer metric is non-finite (see module docstring)."""
     steps, v = view.run.metric(name)  # raw: rows that are all NaN are evidence here
     v = np.asarray(v, dtype=np.float64)
@@ -62,8 +64,9 @@ def _bad_cells(view: RunView, name: Metric) -> tuple[np.ndarray, np.ndarray]:
     if name == NONFINITE:
         return steps, np.nan_to_num(v, nan=0.0) > 0
     inf = np.isinf(v)
-    if name in (GRAD_NORM, GRAD_RMS):
-        inf &= ~_overflow_cells(view, steps)
+    if name in (GRAD_NORM, GRAD_RMS) and clean:
+        none = np.zeros(len(view.names), dtype=bool)
+        inf &= ~np.stack([clean.get(int(s), none) for s in steps])
     if name.group == "update" or (name != WEIGHT_NORM and view.run.has_metric(NONFINITE)):
         # NaN there also means "no gradient this step" (an unused layer): the nonfinite
         # count is the authority on NaN gradients when it was recorded
@@ -72,32 +75,21 @@ def _bad_cells(view: RunView, name: Metric) -> tuple[np.ndarray, np.ndarray]:
     return steps, inf | (np.isnan(v) & has_value)
 
 
-def _overflow_cells(view: RunView, steps: np.ndarray) -> np.ndarray:
-    """``[S, L]``: the layer's values were all finite (no non-finite count, a finite max |g|) at
-    that step, so an Inf statistic there is an overflow of the statistic, not a NaN/Inf value."""
-    out = np.zeros((len(steps), len(view.names)), dtype=bool)
+def _clean_layers(view: RunView) -> dict[int, np.ndarray]:
+    """Step -> ``bool[L]``: the layer held no NaN/Inf gradient or weight at that step (its
+    non-finite count is 0 and its max |g| is not Inf). An Inf statistic of a clean layer -- or an
+    Inf total norm at a step where every layer is clean -- is an overflow of the statistic (a
+    float32 sum of squares), not a NaN/Inf value."""
     if not (view.run.has_metric(NONFINITE) and view.run.has_metric(GRAD_MAX)):
-        return out
+        return {}
     nf_steps, nf = view.run.metric(NONFINITE)
     mx_steps, mx = view.run.metric(GRAD_MAX)
-    nf_at = {int(s): i for i, s in enumerate(nf_steps)}
-    mx_at = {int(s): i for i, s in enumerate(mx_steps)}
-    for r, s in enumerate(steps.tolist()):
-        if s in nf_at and s in mx_at:
-            out[r] = (np.nan_to_num(nf[nf_at[s]], nan=1.0) == 0) & np.isfinite(mx[mx_at[s]])
-    return out
-
-
-def _overflow_steps(view: RunView) -> set[int]:
-    """Steps at which no layer held a NaN/Inf gradient or weight (non-finite counts 0, every
-    max |g| finite where measured): an Inf total norm there overflowed, the values did not."""
-    if not (view.run.has_metric(NONFINITE) and view.run.has_metric(GRAD_MAX)):
-        return set()
-    nf_steps, nf = view.run.metric(NONFINITE)
-    mx_steps, mx = view.run.metric(GRAD_MAX)
-    clean = {int(s) for s, row in zip(nf_steps, nf) if not (np.nan_to_num(row, nan=0.0) > 0).any()}
-    finite = {int(s) for s, row in zip(mx_steps, mx) if not np.isinf(row).any()}
-    return clean & finite
+    mx_at = {int(s): row for s, row in zip(mx_steps, mx)}
+    return {
+        int(s): (np.nan_to_num(row, nan=0.0) == 0) & ~np.isinf(mx_at[int(s)])
+        for s, row in zip(nf_steps, nf)
+        if int(s) in mx_at
+    }
 
 
 def _bad_outputs(view: RunView, step: int) -> list[int] | None:
@@ -146,10 +138,11 @@ _PASS_WORDS = {
 
 def check(view: RunView) -> list[Finding]:
     # source -> (first bad step, forward positions bad there)
+    clean = _clean_layers(view)  # step -> layers with no NaN/Inf value (overflow test)
     per_source: dict[Metric, tuple[int, list[int]]] = {}
     affected: set[int] = set()  # forward positions non-finite at any step
     for name in _LAYER_SOURCES:
-        steps, bad = _bad_cells(view, name)
+        steps, bad = _bad_cells(view, name, clean)
         rows = np.flatnonzero(bad.any(axis=1)) if bad.size else np.zeros(0, dtype=np.int64)
         if len(rows):
             s = int(steps[rows].min())
@@ -162,7 +155,7 @@ def check(view: RunView) -> list[Finding]:
         bad_rows = np.flatnonzero(~np.isfinite(v))
         if name == GRAD_NORM_TOTAL and NONFINITE in view.run.metric_names:
             bad_rows = np.flatnonzero(np.isinf(v))  # NaN there may mean "no gradients at all"
-            overflow = _overflow_steps(view)
+            overflow = {st for st, row in clean.items() if row.all()}
             overflow_steps = [int(steps[r]) for r in bad_rows if int(steps[r]) in overflow]
             bad_rows = np.asarray(
                 [r for r in bad_rows if int(steps[r]) not in overflow], dtype=np.int64
