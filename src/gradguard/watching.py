@@ -77,6 +77,12 @@ class Monitor(Recorder):
         sinks: Sequence[Sink] | None = None,
         **options: Any,
     ) -> None:
+        for helper in (clip, guard):  # checked before any hook or file exists
+            if helper is not None and not callable(getattr(helper, "attach", None)):
+                raise GradguardError(
+                    f"{type(helper).__name__} cannot be attached to a Monitor (no attach method); "
+                    "pass a gg.clip clipper as clip= and a gg.Guard as guard="
+                )
         reducer = reducer or default_reducer()
         # Store: opened first, so that a bad path fails now (before any hook is installed), not at
         # the first flush. Only the writing rank opens it.
@@ -136,13 +142,7 @@ class Monitor(Recorder):
         self.on_finding = on_finding
         for helper in (clip, guard):
             if helper is not None:
-                attach = getattr(helper, "attach", None)
-                if not callable(attach):
-                    raise GradguardError(
-                        f"{type(helper).__name__} cannot be attached to a Monitor (no attach method); "
-                        "pass a gg.clip clipper as clip= and a gg.Guard as guard="
-                    )
-                attach(self)
+                helper.attach(self)
         self.clip = clip
         self.guard = guard
         _LIVE.add(self)

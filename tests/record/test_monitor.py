@@ -690,3 +690,13 @@ def test_sparse_gradients_are_measured() -> None:
     np.testing.assert_allclose(gn, np.array(refs), rtol=1e-5)
     _, gmax = mon.run.metric("grad_max")
     assert np.isfinite(gmax).all()
+
+
+def test_a_helper_that_cannot_attach_is_refused_before_any_hook(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = mlp(depth=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(gg.GradguardError, match="cannot be attached"):
+        gg.watch(model, opt, clip=object(), store=tmp_path / "x.db")
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    assert not opt._optimizer_step_pre_hooks
+    assert not (tmp_path / "x.db").exists()
