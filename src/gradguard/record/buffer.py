@@ -91,10 +91,6 @@ class StepBuffer:
     def add_event(self, event: Event) -> None:
         self._events.append(event)
 
-    @property
-    def empty(self) -> bool:
-        return not (self.steps or self._logged or self._events)
-
     def to_batch(self, order: list[int], *, with_lr: bool) -> Batch:
         """Everything held, as a :class:`Batch` with layers in ``order``; the buffer is emptied.
 

@@ -69,10 +69,6 @@ class RunLog:
     def path(self) -> Path | None:
         return self.store.path if self.store is not None else None
 
-    @property
-    def events(self) -> list[Event]:
-        return list(self._events)
-
     def append(self, batch: Batch, *, wait: bool = False) -> None:
         """Keep ``batch`` and hand it to the store (``wait``: return once committed)."""
         if batch.config is not None:

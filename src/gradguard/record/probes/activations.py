@@ -74,10 +74,6 @@ class ActivationProbe:
         self._outputs: dict[int, tuple[int, torch.Tensor]] = {}  # id(output) -> (column, output)
         self._handles: list[Any] = []
 
-    @property
-    def armed(self) -> bool:
-        return bool(self._handles)
-
     def arm(self) -> None:
         """Install the hooks for the coming forward/backward."""
         self._own.zero_()
