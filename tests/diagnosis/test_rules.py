@@ -335,11 +335,19 @@ def test_stalled_learning() -> None:
 
 
 def test_divergence_rising_loss() -> None:
-    loss = np.r_[np.linspace(2.0, 0.5, 60), np.linspace(0.5, 3.0, 40)]
+    # rises from its best 0.5 back to 1.5, still below its start 2.0: a warning
+    loss = np.r_[np.linspace(2.0, 0.5, 60), np.linspace(0.5, 1.5, 40)]
     f = one(diagnose(make_run(scalars={LOSS: loss})), "divergence")
     assert f.severity is Severity.WARNING
     assert f.data["loss_best"] == pytest.approx(0.5, rel=0.1)
+    assert not f.data["ended_above_start"]
     assert f.remedies[0].name == "a lower learning rate"
+    # ends at 3.0, above where it started: worse than at initialisation, critical
+    loss = np.r_[np.linspace(2.0, 0.5, 60), np.linspace(0.5, 3.0, 40)]
+    f = one(diagnose(make_run(scalars={LOSS: loss})), "divergence")
+    assert f.severity is Severity.CRITICAL
+    assert f.data["ended_above_start"]
+    assert "ended above its start 1.95 (steps 0..4)" in f.evidence
 
 
 def test_divergence_loss_spike_and_oscillation() -> None:

@@ -93,25 +93,31 @@ class DiagnosisConfig:
     # Median update_ratio above which the learning rate counts as high (rule of thumb: ~1e-3).
     high_update_ratio: float = 1e-2
 
-    # --- loss ---
-    # Loss points needed before stalled / divergence rules speak.
+    # --- loss (see rules/_loss.py: every loss rule reads one LossTrack) ---
+    # Finite loss points needed before the loss rules speak.
     min_loss_points: int = 20
-    # Relative decrease of the loss (median of first fifth -> median of last fifth) below which
-    # learning counts as stalled.
+    # Relative decrease of the loss (start -> smoothed end) below which learning counts as
+    # stalled.
     stall_rel: float = 0.02
-    # A loss whose first fifth has a median below this (in absolute value) is at zero already:
-    # converged, not stalled.
+    # A loss that starts below this (in absolute value) is at zero already: converged, not stalled.
     converged_loss: float = 1e-8
-    # Loss (median of last fifth) above this multiple of its best rolling median: diverging...
+    # "Clearly" means: by more than loss_noise_z robust standard deviations of one loss value
+    # (local, trend-free mini-batch noise) -- and by the relative margins below.
+    loss_noise_z: float = 3.0
+    # The smoothed loss above the start by more than this fraction of |start| (and the noise):
+    # worse than at initialisation (divergence; critical when it ends there).
+    end_rise_rel: float = 0.1
+    # The smoothed loss above its best level so far by >= rise_ratio x the best (positive
+    # losses)...
     rise_ratio: float = 1.5
-    # ...provided the rise is at least this fraction of the initial loss (|median of the first
-    # fifth|), so a loss that fell 1000x and crept back 2x from a tiny best is not divergence.
+    # ...and by at least this fraction of the descent achieved (start - best), so a loss that
+    # fell 1000x and crept back 2x from a tiny best is not divergence.
     rise_min_fraction: float = 0.1
-    # Divergence is critical when the loss ends at >= this multiple of its best rolling median.
+    # A rise to >= divergence_critical x the best level (or the start) is critical.
     divergence_critical: float = 10.0
-    # The best level is the minimum of a rolling median over len(loss) // 20 points, clipped to
+    # The smoothed loss is the trailing median of len(loss) // 20 points, clipped to
     # [loss_window_min, loss_window_max].
-    loss_window_min: int = 3
+    loss_window_min: int = 5
     loss_window_max: int = 51
     # A loss point is a spike if >= loss_spike_ratio x its trailing median (and robust z >=
     # spike_z, over spike_window points). Healthy runs measured up to 11.5x but z <= 3.1.
@@ -218,7 +224,14 @@ class DiagnosisConfig:
                     f"pass e.g. {name}={getattr(DiagnosisConfig, name)!r} (the default)"
                 )
         # non-negative numbers
-        for name in ("stall_rel", "converged_loss", "rise_min_fraction", "oscillation_amplitude"):
+        for name in (
+            "stall_rel",
+            "converged_loss",
+            "rise_min_fraction",
+            "oscillation_amplitude",
+            "end_rise_rel",
+            "loss_noise_z",
+        ):
             value = getattr(self, name)
             if not (value >= 0.0 and math.isfinite(value)):
                 raise ConfigError(

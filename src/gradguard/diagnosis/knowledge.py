@@ -189,6 +189,7 @@ class Context:
     depth: int | None = None  # number of weight layers
     optimizer: str | None = None  # optimizer class name, e.g. "SGD", "Adam"
     spike: bool = False  # the gradient norm or loss jumped suddenly
+    early: bool = False  # the blow-up began in the first steps (clipping/guards still warm up)
 
     @property
     def family(self) -> str | None:
@@ -512,8 +513,8 @@ def _divergence(c: Context) -> _Ranked:
             "small steps at first let the weights reach a region where large steps are stable",
         ),
     ]
-    if c.spike:
-        r[0], r[1] = r[1], r[0]
+    if c.spike and not c.early:
+        r[0], r[1] = r[1], r[0]  # a lone jump mid-run: bound the step first
     r.append(("clip_adaptive", "clips relative to the run's own recent gradient norms"))
     r.append(("guard", "skips outlier steps so one bad batch does not undo the training"))
     r.append(("weight_decay", "keeps the weights from drifting to large norms"))
@@ -560,7 +561,7 @@ def remedies_for(kind: str, **context: Any) -> tuple[Remedy, ...]:
         **context: what is known, every key optional: ``activation`` (str, e.g. "sigmoid",
             "Tanh", "nn.ReLU"), ``saturation`` (bool), ``high_lr`` (bool), ``recurrent``
             (bool), ``has_norm`` (bool), ``has_residual`` (bool), ``depth`` (int),
-            ``optimizer`` (str, e.g. "SGD"), ``spike`` (bool).
+            ``optimizer`` (str, e.g. "SGD"), ``spike`` (bool), ``early`` (bool).
 
     Returns:
         A tuple of :class:`~gradguard.diagnosis.finding.Remedy`, each technique at most once;

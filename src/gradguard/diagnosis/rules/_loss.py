@@ -1,22 +1,162 @@
-"""The loss series as the loss rules see it: finite points in step order, and their fifths."""
+"""The loss as the loss rules judge it: a smoothed level against its start and its own noise.
+
+Every loss rule (divergence, stalled_learning, healthy's summary, the exploding rule's "the loss
+starts too large") reads one :class:`LossTrack`, so they cannot disagree about where the loss
+started, where it is, or how noisy it is:
+
+- **start**: the lower of the first recorded loss and the median of the first ``start_steps``
+  recorded losses. Online diagnosis keeps exactly these points (``Run.bounded``), so the online
+  and the final verdict measure from the same start. The first point is kept because a blow-up
+  within the first steps must not become the baseline.
+- **smooth**: the trailing median of the last ``window`` losses at every point (causal: the value
+  at step t uses no later loss, so a flush at step t sees what the final diagnosis sees there).
+- **noise**: at every point, the robust standard deviation of one loss value around the trend
+  (1.4826 x the MAD of consecutive differences / sqrt 2, over the trailing ``4 x window`` points):
+  the yardstick of "clearly". Mini-batch noise of any size moves neither verdict.
+
+Two questions are answered at every point, so a rule can name the first step where it held and
+whether it still holds at the end:
+
+- **above start**: the smoothed loss is above the start by more than ``end_rise_rel`` of the start
+  and more than ``loss_noise_z`` noise units (the run is worse than at initialisation);
+- **risen**: the smoothed loss is above its best level so far by more than ``rise_min_fraction``
+  of the descent achieved (start - best), more than ``loss_noise_z`` noise units, and (for a
+  positive loss) by at least ``rise_ratio`` x the best.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
 import numpy as np
 
+from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.view import RunView
 from gradguard.metrics import LOSS
 
-__all__ = ["finite_loss", "fifths"]
+__all__ = ["LossTrack", "loss_track", "finite_loss"]
 
 
 def finite_loss(view: RunView) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, loss)`` of the finite recorded losses, in step order."""
     steps, loss = view.scalar(LOSS)
     ok = np.isfinite(loss)
     return steps[ok], loss[ok]
 
 
-def fifths(loss: np.ndarray) -> tuple[float, float]:
-    """Median of the first fifth and of the last fifth (at least 2 points each)."""
-    k = max(2, len(loss) // 5)
-    return float(np.median(loss[:k])), float(np.median(loss[-k:]))
+def _trailing(x: np.ndarray, w: int) -> np.ndarray:
+    """Windows of the last ``w`` points ending at every index (the first ones are shorter:
+    padded with NaN)."""
+    padded = np.concatenate([np.full(w - 1, np.nan), x])
+    return np.lib.stride_tricks.sliding_window_view(padded, w)
+
+
+def _nanmedian_rows(a: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.asarray(np.nanmedian(a, axis=1), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class LossTrack:
+    """The finite loss points of a run and the levels every loss rule judges."""
+
+    steps: np.ndarray
+    loss: np.ndarray
+    window: int
+    start: float
+    start_steps: tuple[int, int]
+    config: DiagnosisConfig
+
+    @cached_property
+    def smooth(self) -> np.ndarray:
+        """Trailing median of the last ``window`` losses at every point."""
+        return _nanmedian_rows(_trailing(self.loss, self.window))
+
+    @cached_property
+    def noise(self) -> np.ndarray:
+        """Robust standard deviation of one loss value at every point (trailing, trend-free)."""
+        d = np.diff(self.loss, prepend=self.loss[0])
+        d[0] = np.nan
+        win = _trailing(d, max(4 * self.window, 8))
+        med = _nanmedian_rows(win)
+        mad = _nanmedian_rows(np.abs(win - med[:, None]))
+        sd = 1.4826 * mad / math.sqrt(2.0)
+        return np.where(np.isfinite(sd), sd, 0.0)
+
+    @property
+    def end(self) -> float:
+        """The smoothed loss at the last recorded point."""
+        return float(self.smooth[-1])
+
+    @property
+    def end_steps(self) -> tuple[int, int]:
+        k = min(self.window, len(self.steps))
+        return int(self.steps[-k]), int(self.steps[-1])
+
+    @cached_property
+    def best_so_far(self) -> np.ndarray:
+        """Running minimum of the smoothed loss (from the first full window on)."""
+        s = self.smooth.copy()
+        s[: self.window - 1] = np.inf
+        return np.minimum.accumulate(s)
+
+    @cached_property
+    def above_start(self) -> np.ndarray:
+        """Where the smoothed loss is clearly above the start (bool per point)."""
+        cfg = self.config
+        margin = np.maximum(cfg.end_rise_rel * abs(self.start), cfg.loss_noise_z * self.noise)
+        out = self.smooth > self.start + margin
+        out[: self.window - 1] = False
+        return out
+
+    @cached_property
+    def risen(self) -> np.ndarray:
+        """Where the smoothed loss is clearly above its best level so far (bool per point)."""
+        cfg = self.config
+        best = self.best_so_far
+        with np.errstate(invalid="ignore", over="ignore"):
+            descent = np.maximum(self.start - best, 0.0)
+            margin = np.maximum(cfg.rise_min_fraction * descent, cfg.loss_noise_z * self.noise)
+            ratio_ok = (best <= 0) | (self.smooth >= cfg.rise_ratio * best)
+            out = np.isfinite(best) & (self.smooth - best > margin) & ratio_ok
+        out[: self.window - 1] = False
+        return out
+
+    def first(self, mask: np.ndarray) -> int | None:
+        """The index of the first point where ``mask`` holds, None if none."""
+        hit = np.flatnonzero(mask)
+        return int(hit[0]) if len(hit) else None
+
+    def later_ratio(self) -> float:
+        """The start over the median of the second half (> 1: the loss started too large);
+        NaN when the loss did not fall (a loss that blew up did not "start" high)."""
+        if len(self.loss) < 2 * self.config.start_steps or self.above_start[-1]:
+            return math.nan
+        later = float(np.median(self.loss[len(self.loss) // 2 :]))
+        return self.start / later if later > 0 and self.start > 0 else math.nan
+
+
+def loss_track(view: RunView) -> LossTrack | None:
+    """The run's :class:`LossTrack`, or None with fewer than ``min_loss_points`` finite losses."""
+    cfg = view.config
+    steps, loss = finite_loss(view)
+    if len(loss) < cfg.min_loss_points:
+        return None
+    k = min(cfg.start_steps, len(loss))
+    head = float(np.median(loss[:k]))
+    start = min(float(loss[0]), head)
+    window = int(np.clip(len(loss) // 20, cfg.loss_window_min, cfg.loss_window_max))
+    return LossTrack(
+        steps=steps,
+        loss=loss,
+        window=window,
+        start=start,
+        start_steps=(int(steps[0]), int(steps[k - 1])),
+        config=cfg,
+    )

@@ -1,4 +1,13 @@
-"""divergence: the loss rises above its best level, spikes, or oscillates step to step."""
+"""divergence: the loss rises clearly above its start or its best level, spikes, or oscillates.
+
+All judgments read the run's :class:`~gradguard.diagnosis.rules._loss.LossTrack` (a trailing
+median against the first recorded losses and the loss's own noise). Severity:
+
+- critical: the smoothed loss *ends* above where it started (the run is worse than at
+  initialisation), or it rose to >= ``divergence_critical`` x its start or best level;
+- warning: it rose clearly above its start or its best level and came back, or it rose and
+  stayed below those critical levels, or single loss values spiked, or the loss oscillates.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,7 @@ import numpy as np
 
 from gradguard.diagnosis._stats import spikes
 from gradguard.diagnosis.finding import Finding, Severity
-from gradguard.diagnosis.rules._loss import fifths, finite_loss
+from gradguard.diagnosis.rules._loss import LossTrack, loss_track
 from gradguard.diagnosis.view import RunView
 from gradguard.format import number
 
@@ -15,53 +24,92 @@ __all__ = ["KIND", "check"]
 KIND = "divergence"
 
 
-def _rolling_median(x: np.ndarray, w: int) -> np.ndarray:
-    if len(x) < w:
-        return np.asarray([np.median(x)])
-    win = np.lib.stride_tricks.sliding_window_view(x, w)
-    return np.median(win, axis=1)
+def _episode(track: LossTrack, mask: np.ndarray) -> tuple[int, int] | None:
+    """(first index where mask holds, index of its worst smoothed loss from there)."""
+    first = track.first(mask)
+    if first is None:
+        return None
+    worst = first + int(np.argmax(track.smooth[first:]))
+    return first, worst
 
 
 def check(view: RunView) -> list[Finding]:
     cfg = view.config
-    steps, loss = finite_loss(view)
-    if len(loss) < cfg.min_loss_points:
+    track = loss_track(view)
+    if track is None:
         return []
+    steps, smooth = track.steps, track.smooth
     parts: list[str] = []
     severity: Severity | None = None
-    start, end = fifths(loss)
-    k = max(2, len(loss) // 5)
-    smooth = _rolling_median(
-        loss[:-k] if len(loss) - k >= 3 else loss,
-        int(np.clip(len(loss) // 20, cfg.loss_window_min, cfg.loss_window_max)),
-    )
-    best = float(np.min(smooth))
-    rise = end - best
-    if end >= cfg.rise_ratio * best and best > 0 and rise >= cfg.rise_min_fraction * abs(start):
-        severity = Severity.CRITICAL if end >= cfg.divergence_critical * best else Severity.WARNING
+    early = False
+
+    def raise_to(s: Severity) -> None:
+        nonlocal severity
+        severity = s if severity is None or s > severity else severity
+
+    a, b = track.start_steps
+    start_txt = f"its start {number(track.start)} (steps {a}..{b})"
+    above = _episode(track, track.above_start)
+    if above is not None:
+        first, worst = above
+        ends_above = bool(track.above_start[-1])
+        huge = track.start > 0 and smooth[worst] >= cfg.divergence_critical * track.start
+        raise_to(Severity.CRITICAL if ends_above or huge else Severity.WARNING)
+        early = first <= max(cfg.start_steps, track.window) + track.window
+        if ends_above:
+            parts.append(
+                f"the smoothed loss ended above {start_txt}: {number(track.end)} at step "
+                f"{int(steps[-1])}, first clearly above at step {int(steps[first])}, "
+                f"worst {number(float(smooth[worst]))} at step {int(steps[worst])}"
+            )
+        else:
+            parts.append(
+                f"the smoothed loss rose above {start_txt} from step {int(steps[first])} "
+                f"(worst {number(float(smooth[worst]))} at step {int(steps[worst])}) and came "
+                f"back to {number(track.end)} by step {int(steps[-1])}"
+            )
+    # a rise from the best level reached: only reported where it is not already the rise above
+    # the start (same episode, one sentence)
+    rise_mask = track.risen & ~track.above_start
+    rise = _episode(track, rise_mask)
+    if rise is not None:
+        first, worst = rise
+        best = float(track.best_so_far[first])
+        ratio = float(smooth[worst]) / best if best > 0 else float("nan")
+        raise_to(
+            Severity.CRITICAL if best > 0 and ratio >= cfg.divergence_critical else Severity.WARNING
+        )
+        still = bool(track.risen[-1])
         parts.append(
-            f"loss rose from its best {number(best)} to {number(end)} ({number(end / best)}x) "
-            f"by step {int(steps[-1])}"
+            f"the smoothed loss rose from its best {number(best)} to "
+            f"{number(float(smooth[worst]))} at step {int(steps[worst])} "
+            + (f"({number(ratio)}x), " if best > 0 else "")
+            + f"first clearly at step {int(steps[first])}"
+            + ("" if still else f", back to {number(track.end)} by step {int(steps[-1])}")
         )
     hits = spikes(
-        np.abs(loss),
+        np.abs(track.loss),
         window=cfg.spike_window,
         ratio=cfg.loss_spike_ratio,
         z=cfg.spike_z,
         min_points=cfg.spike_min_points,
     )
     if len(hits):
-        severity = severity or Severity.WARNING
-        parts.append(f"loss spiked {len(hits)} time(s), first at step {int(steps[hits[0]])}")
-    tail = loss[-max(cfg.min_loss_points, len(loss) // 4) :]
+        raise_to(Severity.WARNING)
+        parts.append(
+            f"single loss values spiked {len(hits)} time(s), first at step {int(steps[hits[0]])} "
+            f"({number(float(track.loss[hits[0]]))})"
+        )
+    tail = track.loss[-max(cfg.min_loss_points, len(track.loss) // 4) :]
     d = np.diff(tail)
     if len(d) >= 3:
         alternation = float(np.mean(np.sign(d[1:]) * np.sign(d[:-1]) < 0))
         amplitude = float(np.median(np.abs(d)) / max(float(np.median(np.abs(tail))), 1e-12))
         if alternation >= cfg.oscillation_alternation and amplitude >= cfg.oscillation_amplitude:
-            severity = severity or Severity.WARNING
+            raise_to(Severity.WARNING)
             parts.append(
-                f"loss oscillates: {number(100 * alternation)}% of steps reverse direction, "
+                f"the loss oscillates over its last {len(tail)} points: "
+                f"{number(100 * alternation)}% of steps reverse direction, "
                 f"by {number(100 * amplitude)}% of its level"
             )
     if severity is None:
@@ -76,12 +124,24 @@ def check(view: RunView) -> list[Finding]:
             cause=(
                 "Steps overshoot: with a learning rate too large for the loss surface's curvature "
                 "each update lands higher than the last, or bounces across a valley."
+                + (
+                    " It began in the first steps, before the weights could reach a region where "
+                    "such steps are stable."
+                    if early
+                    else ""
+                )
             ),
-            remedies=view.remedies(KIND, spike=bool(len(hits))),
+            remedies=view.remedies(KIND, spike=bool(len(hits)), early=early),
             data={
-                "loss_best": best,
-                "loss_end": end,
+                "loss_start": track.start,
+                "loss_end": track.end,
+                "loss_best": float(np.min(track.best_so_far)),
+                "ended_above_start": bool(track.above_start[-1]),
+                "onset_step": int(steps[min(i for i in (above, rise) if i is not None)[0]])
+                if above is not None or rise is not None
+                else None,
                 "spike_steps": [int(steps[i]) for i in hits],
+                "early": early,
             },
         )
     ]

@@ -18,6 +18,7 @@ import numpy as np
 from gradguard.diagnosis._stats import nanmedian, spikes
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.diagnosis.rules._common import grade
+from gradguard.diagnosis.rules._loss import loss_track
 from gradguard.diagnosis.view import DepthFit, RunView
 from gradguard.format import number
 from gradguard.metrics import (
@@ -26,7 +27,6 @@ from gradguard.metrics import (
     ACT_STD,
     GRAD_NORM_TOTAL,
     GRAD_RMS,
-    LOSS,
     WEIGHT_NORM,
 )
 
@@ -51,14 +51,10 @@ def _best(fits: list[DepthFit | None]) -> DepthFit | None:
 
 
 def _loss_start_ratio(view: RunView) -> float:
-    """Loss over the first steps / its median over the recent window (>1: started too large)."""
-    _, loss = view.scalar(LOSS)
-    loss = loss[np.isfinite(loss)]
-    if len(loss) < 2 * view.config.start_steps:
-        return math.nan
-    k = view.config.start_steps
-    later = float(nanmedian(loss[len(loss) // 2 :]))
-    return float(nanmedian(loss[:k])) / later if later > 0 else math.nan
+    """The loss's start over its median over the second half (>1: started too large); NaN when
+    the loss did not fall (see :meth:`LossTrack.later_ratio`)."""
+    track = loss_track(view)
+    return track.later_ratio() if track is not None else math.nan
 
 
 def check_depth(view: RunView) -> list[Finding]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from gradguard.diagnosis._stats import nanmedian
 from gradguard.diagnosis.finding import Finding, Severity
-from gradguard.diagnosis.rules._loss import fifths, finite_loss
+from gradguard.diagnosis.rules._loss import finite_loss, loss_track
 from gradguard.diagnosis.view import RunView
 from gradguard.format import number
 from gradguard.metrics import GRAD_NORM, GRAD_NORM_TOTAL, LOSS, UPDATE_RATIO
@@ -42,11 +42,19 @@ def check(view: RunView) -> list[Finding]:
             f"(first/last {number(fit.gain)} over {fit.n} layers)"
         )
         data["per_layer"], data["ratio_first_last"] = fit.per_layer, fit.gain
-    _, loss = finite_loss(view)
-    if len(loss) >= 2:
-        a, b = fifths(loss)
-        parts.append(f"loss {number(a)} -> {number(b)}")
+    track = loss_track(view)
+    if track is not None:
+        a, b = track.start, track.end
+        parts.append(
+            f"smoothed loss {number(a)} (steps {track.start_steps[0]}..{track.start_steps[1]}) "
+            f"-> {number(b)} (steps {track.end_steps[0]}..{track.end_steps[1]})"
+        )
         data["loss_start"], data["loss_end"] = a, b
+    else:
+        _, loss = finite_loss(view)
+        if len(loss) >= 2:
+            parts.append(f"loss {number(float(loss[0]))} -> {number(float(loss[-1]))}")
+            data["loss_start"], data["loss_end"] = float(loss[0]), float(loss[-1])
     ur = float(nanmedian(view.column_median(UPDATE_RATIO)))
     if math.isfinite(ur):
         parts.append(f"median {UPDATE_RATIO} {number(ur)}")

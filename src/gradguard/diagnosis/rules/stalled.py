@@ -1,11 +1,12 @@
-"""stalled_learning: the loss has not moved over the run (first fifth vs last fifth)."""
+"""stalled_learning: the smoothed loss ends where it started (within ``stall_rel``), and not
+clearly above it (that is divergence: one problem, one finding)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from gradguard.diagnosis.finding import Finding, Severity
-from gradguard.diagnosis.rules._loss import fifths, finite_loss
+from gradguard.diagnosis.rules._loss import loss_track
 from gradguard.diagnosis.view import RunView
 from gradguard.format import number
 from gradguard.metrics import ACT_SAT_FRAC
@@ -17,16 +18,18 @@ KIND = "stalled_learning"
 
 def check(view: RunView) -> list[Finding]:
     cfg = view.config
-    steps, loss = finite_loss(view)
-    if len(loss) < cfg.min_loss_points:
+    track = loss_track(view)
+    if track is None:
         return []
-    start, end = fifths(loss)
+    steps, start, end = track.steps, track.start, track.end
     scale = max(abs(start), 1e-12)
     if abs(start) < cfg.converged_loss:
         return []  # already at zero: converged, not stalled
+    if track.above_start[-1]:
+        return []  # ended clearly above the start: divergence reports it
     rel = (start - end) / scale
-    if rel >= cfg.stall_rel or end > start * (1 + cfg.stall_rel):
-        return []  # learning, or rising (divergence)
+    if rel >= cfg.stall_rel:
+        return []  # learning
     sat = view.column_median(ACT_SAT_FRAC)
     return [
         Finding(
@@ -35,8 +38,10 @@ def check(view: RunView) -> list[Finding]:
             layers=(),
             steps=(int(steps[0]), int(steps[-1])),
             evidence=(
-                f"loss {number(start)} -> {number(end)} ({number(-100 * rel)}%) over "
-                f"{len(loss)} recorded steps ({int(steps[0])}..{int(steps[-1])})"
+                f"smoothed loss {number(start)} (steps {track.start_steps[0]}.."
+                f"{track.start_steps[1]}) -> {number(end)} (steps {track.end_steps[0]}.."
+                f"{track.end_steps[1]}): {number(-100 * rel)}% over {len(track.loss)} recorded "
+                f"steps"
             ),
             cause=(
                 "The parameters move but the loss does not: the steps are too small, the gradient "
