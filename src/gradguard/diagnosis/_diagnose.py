@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gradguard.diagnosis.coherence import reconcile
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.diagnosis.view import RunView
@@ -44,6 +45,7 @@ def diagnose(run: Run, *, config: DiagnosisConfig | None = None) -> list[Finding
     findings: list[Finding] = []
     for check in RULES.values():
         findings.extend(check(view))
+    findings = reconcile(findings)
     if not any(f.severity >= Severity.WARNING for f in findings):
         findings.extend(healthy.check(view))
     order = {id(f): i for i, f in enumerate(findings)}

@@ -70,7 +70,8 @@ class DiagnosisConfig:
     # Recorded steps of grad_norm_total (and of weight_norm) needed before the over-time checks
     # (growth, weight growth) speak: each compares a first and a last fifth/tenth of the run.
     min_time_points: int = 10
-    # Growth of grad_norm_total (median of the last fifth / median of the first fifth).
+    # Growth of grad_norm_total: the peak of its trailing median (the loss window) over the
+    # median of the first start_steps steps.
     time_growth_warning: float = 100.0
     time_growth_critical: float = 1e4
     # Growth of a layer's weight norm over the run that counts as geometric weight growth.
@@ -97,8 +98,10 @@ class DiagnosisConfig:
     # Finite loss points needed before the loss rules speak.
     min_loss_points: int = 20
     # Relative decrease of the loss (start -> smoothed end) below which learning counts as
-    # stalled.
+    # stalled, judged from stall_min_points loss points on (a plateau of a few dozen steps
+    # before the loss starts to fall is normal, and online diagnosis must not call it a stall).
     stall_rel: float = 0.02
+    stall_min_points: int = 50
     # A loss that starts below this (in absolute value) is at zero already: converged, not stalled.
     converged_loss: float = 1e-8
     # "Clearly" means: by more than loss_noise_z robust standard deviations of one loss value
@@ -148,6 +151,7 @@ class DiagnosisConfig:
             "spike_min_points",
             "min_time_points",
             "min_loss_points",
+            "stall_min_points",
             "max_remedies",
             "online_window",
             "loss_window_min",

@@ -18,6 +18,7 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 
+from gradguard.diagnosis.coherence import reconcile
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.finding import Finding, Severity
 from gradguard.diagnosis.view import RunView
@@ -74,7 +75,9 @@ def new_findings(
     config = config or DiagnosisConfig()
     view = RunView(run.bounded(config.start_steps, config.online_window), config)
     found = [
-        f for kind in ONLINE_RULES for f in RULES[kind](view) if f.severity >= Severity.WARNING
+        f
+        for f in reconcile([f for kind in ONLINE_RULES for f in RULES[kind](view)])
+        if f.severity >= Severity.WARNING
     ]
     out: list[Finding] = []
     for f in sorted(found, key=lambda f: -f.severity.rank):  # stable: rule order within a level

@@ -79,7 +79,7 @@ def check_depth(view: RunView) -> list[Finding]:
             f"{number(back.gain)}x the gradient of layer '{names[-1]}' (fitted over {back.n} layers, "
             f"steps {back.steps[0]}..{back.steps[1]})"
         )
-    if fwd is not None and fwd.per_layer < 1:
+    if fwd is not None and 0 < fwd.per_layer < 1:
         parts.append(
             f"activations grow x{number(1 / fwd.per_layer)} per layer forward "
             f"({ACT_STD} {number(fwd.first)} -> {number(fwd.last)})"
@@ -141,14 +141,28 @@ def check_time(view: RunView) -> list[Finding]:
         severity = s if severity is None or s > severity else severity
 
     if len(g) >= cfg.min_time_points:
-        k = max(2, len(g) // 5)
-        growth = float(np.median(g[-k:]) / np.median(g[:k]))
+        # causal, like the loss rules: the trailing median at every step against the median of
+        # the first start_steps, so a flush at step t judges what the final diagnosis judges there
+        k = min(cfg.start_steps, len(g))
+        base = float(np.median(g[:k]))
+        w = int(np.clip(len(g) // 20, cfg.loss_window_min, cfg.loss_window_max))
+        trail = np.median(
+            np.lib.stride_tricks.sliding_window_view(np.log(g), min(w, len(g))), axis=1
+        )
+        peak = int(np.argmax(trail))
+        growth = float(np.exp(trail[peak]) / base) if base > 0 else math.inf
         data["growth"] = growth
+        typical = float(np.median(g))
+        data["peak_over_typical"] = (
+            float(np.exp(trail[peak])) / typical if typical > 0 else math.inf
+        )
         if growth >= cfg.time_growth_warning:
             raise_to(Severity.CRITICAL if growth >= cfg.time_growth_critical else Severity.WARNING)
+            at = int(steps[peak + min(w, len(g)) - 1])
             parts.append(
-                f"{GRAD_NORM_TOTAL} grew {number(growth)}x ({number(float(np.median(g[:k])))} -> "
-                f"{number(float(np.median(g[-k:])))}) over steps {int(steps[0])}..{int(steps[-1])}"
+                f"{GRAD_NORM_TOTAL} grew {number(growth)}x (median of steps "
+                f"{int(steps[0])}..{int(steps[k - 1])} {number(base)} -> "
+                f"{number(float(np.exp(trail[peak])))} over the {min(w, len(g))} steps to step {at})"
             )
     hits = spikes(
         g,
@@ -169,6 +183,8 @@ def check_time(view: RunView) -> list[Finding]:
             f"at step {int(steps[hits[worst]])}"
         )
         data["spike_steps"] = [int(steps[i]) for i in hits]
+        typical = float(np.median(g))
+        data["spike_over_typical"] = float(np.max(g[hits])) / typical if typical > 0 else math.inf
     wsteps, w = view.metric(WEIGHT_NORM)
     if len(wsteps) >= cfg.min_time_points:
         order = np.argsort(wsteps, kind="stable")
@@ -187,6 +203,13 @@ def check_time(view: RunView) -> list[Finding]:
             data["weight_growth"] = {view.names[int(pos)]: float(grow[pos]) for pos in grown}
     if severity is None:
         return []
+    # the norm only rose to the run's typical level (no weight growth): what a net escaping a tiny
+    # initial gradient looks like; coherence.reconcile folds it into a vanishing finding
+    data["recovery"] = "weight_growth" not in data and all(
+        float(data.get(key, 0.0)) <= cfg.spike_ratio  # type: ignore[arg-type]
+        for key in ("peak_over_typical", "spike_over_typical")
+        if key in data and (key != "peak_over_typical" or data["growth"] >= cfg.time_growth_warning)  # type: ignore[operator]
+    )
     return [
         Finding(
             kind=KIND,

@@ -19,14 +19,14 @@ KIND = "stalled_learning"
 def check(view: RunView) -> list[Finding]:
     cfg = view.config
     track = loss_track(view)
-    if track is None:
+    if track is None or len(track.loss) < cfg.stall_min_points:
         return []
     steps, start, end = track.steps, track.start, track.end
     scale = max(abs(start), 1e-12)
     if abs(start) < cfg.converged_loss:
         return []  # already at zero: converged, not stalled
-    if track.above_start[-1]:
-        return []  # ended clearly above the start: divergence reports it
+    if track.above_start.any() or track.risen.any():
+        return []  # the loss rose clearly at some point: divergence reports it (one story)
     rel = (start - end) / scale
     if rel >= cfg.stall_rel:
         return []  # learning
