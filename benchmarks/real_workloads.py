@@ -243,7 +243,9 @@ class Trace:
     grad_nonfinite: list[bool] = field(default_factory=list)
     signal: list[float] = field(default_factory=list)  # |dL/dh| per example, main modules, step 0
     dead: dict[str, list[float]] = field(default_factory=dict)  # ReLU name -> zero frac per step
-    saturated: dict[str, list[float]] = field(default_factory=dict)  # tanh/sigmoid -> frac at bounds
+    saturated: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # tanh/sigmoid -> frac at bounds
 
     def record_grads(self, params: list[nn.Parameter]) -> None:
         gs = [p.grad.detach().double() for p in params if p.grad is not None]
@@ -277,16 +279,28 @@ class SignalProbe:
         ]
 
 
-def relu_probe(model: nn.Module, trace: Trace) -> list[torch.utils.hooks.RemovableHandle]:
-    """The harness's own forward hooks: fraction of exact zeros after every ReLU."""
+def unit_probe(model: nn.Module, trace: Trace) -> list[torch.utils.hooks.RemovableHandle]:
+    """The harness's own forward hooks: exact zeros after every ReLU, outputs within 1% of the
+    bounds after every tanh/sigmoid."""
     handles = []
     for name, m in model.named_modules():
         if isinstance(m, nn.ReLU):
 
-            def hook(_m: nn.Module, _i: object, out: torch.Tensor, name: str = name) -> None:
+            def dead(_m: nn.Module, _i: object, out: torch.Tensor, name: str = name) -> None:
                 trace.dead.setdefault(name, []).append(float((out.detach() == 0).float().mean()))
 
-            handles.append(m.register_forward_hook(hook))
+            handles.append(m.register_forward_hook(dead))
+        elif isinstance(m, (nn.Tanh, nn.Sigmoid)):
+            lo = -1.0 if isinstance(m, nn.Tanh) else 0.0
+
+            def sat(
+                _m: nn.Module, _i: object, out: torch.Tensor, name: str = name, lo: float = lo
+            ) -> None:
+                o = out.detach().float()
+                near = (o >= 1.0 - 0.01 * (1.0 - lo)) | (o <= lo + 0.01 * (1.0 - lo))
+                trace.saturated.setdefault(name, []).append(float(near.float().mean()))
+
+            handles.append(m.register_forward_hook(sat))
     return handles
 
 
@@ -309,8 +323,8 @@ def oracle(t: Trace) -> set[str]:
     - nonfinite: a loss or a gradient element is NaN/Inf (the values, in float64 -- not a
       statistic that overflowed).
     - divergence: over the finite losses, the mean of the last tenth (>= 5 steps) or a 10-step
-      moving average at any time is above the mean of the first 3 by > 10% (worse than at
-      initialisation), or a 10-step moving average rises to >= 2x its minimum before it by more
+      moving average at any time is above the loss at initialisation (the first loss, or the
+      mean of the first 3 if lower) by > 10% (worse than at initialisation), or a 10-step moving average rises to >= 2x its minimum before it by more
       than a third of the descent to that minimum, or one loss is >= 10x the median of the 10
       before it.
     - exploding_gradients: the float64 total gradient norm reaches >= 100x the median of the
@@ -331,7 +345,7 @@ def oracle(t: Trace) -> set[str]:
     fl = loss[np.isfinite(loss)]
     if len(fl) >= 20:
         k = max(5, len(fl) // 10)
-        first, last = float(np.mean(fl[:3])), float(np.mean(fl[-k:]))
+        first, last = min(float(fl[0]), float(np.mean(fl[:3]))), float(np.mean(fl[-k:]))
         ma = np.convolve(fl, np.ones(10) / 10, mode="valid")
         runmin = np.minimum.accumulate(ma)
         descent = np.maximum(first - runmin, 0.0)
@@ -774,9 +788,11 @@ CASES: tuple[Case, ...] = (
     Case("mlp 12 tanh std 1", "mlp", torch_case(digits_mlp(12, nn.Tanh, std=1.0), lr=1e-3)),
     Case("mlp 8 relu std 1", "mlp", torch_case(digits_mlp(8, nn.ReLU, std=1.0), lr=1e-3)),
     Case(
-        "mlp 4 relu fp16 overflow",
+        "mlp 6 relu std 0.5, fp16 autocast overflow",
         "mlp",
-        torch_case(digits_mlp(4, nn.ReLU), lr=1e-3, autocast=torch.float16, input_scale=3e4),
+        torch_case(
+            digits_mlp(6, nn.ReLU, std=0.5), lr=1e-3, autocast=torch.float16, input_scale=1e3
+        ),
     ),
     Case(
         "mlp 4 relu sgd lr x100 (5)",

@@ -41,6 +41,9 @@ class DiagnosisConfig:
     depth_info: float = 10.0
     depth_warning: float = 100.0
     depth_critical: float = 1e4
+    # Main layers needed on the depth axis before a depth profile is fitted (two layers of
+    # different kinds -- an RNN and its output head -- are not a profile).
+    min_depth_layers: int = 3
     # Depth profiles are judged at the first recorded step (initialisation) and over the recent
     # window. Loss points at the start of the run compared with its later level.
     start_steps: int = 5
@@ -146,6 +149,7 @@ class DiagnosisConfig:
                 "raise the larger ones or lower the smaller ones"
             )
         for name in (
+            "min_depth_layers",
             "start_steps",
             "spike_window",
             "spike_min_points",

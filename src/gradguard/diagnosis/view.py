@@ -116,7 +116,7 @@ class RunView:
         the recent window (median per layer over the last ``recent_fraction`` of the steps)."""
         steps, vals = self.metric(name)
         main = self.main
-        if len(steps) == 0 or len(main) < 2:
+        if len(steps) == 0 or len(main) < self.config.min_depth_layers:
             return None
         order = np.argsort(steps, kind="stable")
         steps, vals = steps[order], vals[order][:, main]
@@ -135,7 +135,7 @@ class RunView:
         b, _ = theil_sen(x, prof)
         ok = np.isfinite(prof)
         n = int(ok.sum())
-        if not math.isfinite(b) or n < 2:
+        if not math.isfinite(b) or n < min(2, self.config.min_depth_layers):
             return None
         span = float(x[ok].max() - x[ok].min())
         first, last = int(np.flatnonzero(ok)[0]), int(np.flatnonzero(ok)[-1])  # main_pos

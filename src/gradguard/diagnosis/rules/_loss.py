@@ -10,9 +10,9 @@ started, where it is, or how noisy it is:
   within the first steps must not become the baseline.
 - **smooth**: the trailing median of the last ``window`` losses at every point (causal: the value
   at step t uses no later loss, so a flush at step t sees what the final diagnosis sees there).
-- **noise**: at every point, the robust standard deviation of one loss value around the trend
-  (1.4826 x the MAD of consecutive differences / sqrt 2, over the trailing ``4 x window`` points):
-  the yardstick of "clearly". Mini-batch noise of any size moves neither verdict.
+- **noise**: the robust standard deviation of one loss value around its trend (1.4826 x the MAD
+  of consecutive differences / sqrt 2, over the points judged; a trend or a few jumps barely move
+  it): the yardstick of "clearly". Mini-batch noise of any size moves neither verdict.
 
 Two questions are answered at every point, so a rule can name the first step where it held and
 whether it still holds at the end:
@@ -79,15 +79,15 @@ class LossTrack:
         return _nanmedian_rows(_trailing(self.loss, self.window))
 
     @cached_property
-    def noise(self) -> np.ndarray:
-        """Robust standard deviation of one loss value at every point (trailing, trend-free)."""
-        d = np.diff(self.loss, prepend=self.loss[0])
-        d[0] = np.nan
-        win = _trailing(d, max(4 * self.window, 8))
-        med = _nanmedian_rows(win)
-        mad = _nanmedian_rows(np.abs(win - med[:, None]))
-        sd = 1.4826 * mad / math.sqrt(2.0)
-        return np.where(np.isfinite(sd), sd, 0.0)
+    def noise(self) -> float:
+        """Robust standard deviation of one loss value around its trend, over the points judged
+        (1.4826 x the MAD of consecutive differences / sqrt 2: a trend or a few jumps barely
+        move it)."""
+        d = np.diff(self.loss)
+        if len(d) < 2:
+            return 0.0
+        mad = float(np.median(np.abs(d - np.median(d))))
+        return 1.4826 * mad / math.sqrt(2.0)
 
     @property
     def end(self) -> float:
