@@ -50,6 +50,7 @@ import gradguard as gg
 from gradguard.diagnosis import Finding, Severity
 
 WARN = Severity.WARNING
+ONLINE_LOG: list[tuple[int, Finding]] = []  # every online finding of this process: (step, finding)
 
 # --------------------------------------------------------------------------- data
 _TEXT_MODULES = ("textwrap", "argparse", "difflib", "inspect", "string", "fractions")
@@ -326,7 +327,7 @@ def oracle(t: Trace) -> set[str]:
       moving average at any time is above the loss at initialisation (the first loss, or the
       mean of the first 3 if lower) by > 10% (worse than at initialisation), or a 10-step moving average rises to >= 2x its minimum before it by more
       than a third of the descent to that minimum, or one loss is >= 10x the median of the 10
-      before it.
+      before it and above the loss at initialisation (a hard mini-batch near zero loss is not).
     - exploding_gradients: the float64 total gradient norm reaches >= 100x the median of the
       first 3 steps and either the loss broke (divergence, nonfinite) or the peak is also >= 100x
       the run's median norm (over time; not a net escaping a tiny initial gradient), or the first main layer's dL/dh RMS at step 0 is >= 100x
@@ -351,7 +352,7 @@ def oracle(t: Trace) -> set[str]:
         descent = np.maximum(first - runmin, 0.0)
         rose = np.any((ma >= 2 * runmin) & (ma - runmin > descent / 3) & (runmin > 0))
         med10 = np.array([np.median(fl[max(0, i - 10) : i]) for i in range(10, len(fl))])
-        spiked = np.any(fl[10:] >= 10 * np.abs(med10))
+        spiked = np.any((fl[10:] >= 10 * np.abs(med10)) & (fl[10:] > first))
         above = bool(np.any(ma > first * 1.1))  # worse than at initialisation, at any time
         if last > first * 1.1 or above or rose or spiked:
             labels.add("divergence")
@@ -469,6 +470,7 @@ def watched_loop(
 
     def seen(f: Finding) -> None:
         online.setdefault(f.kind, step)
+        ONLINE_LOG.append((step, f))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -557,27 +559,32 @@ def torch_case(
     return run
 
 
-def gpt(**kw: object) -> Callable[[int], tuple[nn.Module, Iterator, list[nn.Module]]]:
+def gpt(
+    batch: int = 16, **kw: object
+) -> Callable[[int], tuple[nn.Module, Iterator, list[nn.Module]]]:
     def build(seed: int) -> tuple[nn.Module, Iterator, list[nn.Module]]:
         m = GPT(chars().vocab, **kw)  # type: ignore[arg-type]
-        return m, chars().batches(seed), list(m.blocks)
+        return m, chars().batches(seed, batch=batch), list(m.blocks)
 
     return build
 
 
-def rnn(kind: str, **kw: object) -> Callable[[int], tuple[nn.Module, Iterator, list[nn.Module]]]:
+def rnn(
+    kind: str, batch: int = 16, seq: int = 32, **kw: object
+) -> Callable[[int], tuple[nn.Module, Iterator, list[nn.Module]]]:
     def build(seed: int) -> tuple[nn.Module, Iterator, list[nn.Module]]:
-        return RecurrentLM(chars().vocab, kind, **kw), chars().batches(seed), []  # type: ignore[arg-type]
+        m = RecurrentLM(chars().vocab, kind, **kw)  # type: ignore[arg-type]
+        return m, chars().batches(seed, batch=batch, seq=seq), []
 
     return build
 
 
 def digits_mlp(
-    depth: int, act: type[nn.Module], **kw: object
+    depth: int, act: type[nn.Module], batch: int = 64, **kw: object
 ) -> Callable[[int], tuple[nn.Module, Iterator, list[nn.Module]]]:
     def build(seed: int) -> tuple[nn.Module, Iterator, list[nn.Module]]:
         m = mlp(depth, act, **kw)  # type: ignore[arg-type]
-        return m, digit_batches(seed), [x for x in m if isinstance(x, nn.Linear)]
+        return m, digit_batches(seed, batch=batch), [x for x in m if isinstance(x, nn.Linear)]
 
     return build
 
@@ -640,6 +647,7 @@ def hf_case(lr: float, clip: float) -> Callable[[str, str, int, int], Result]:
 
         def seen(f: Finding) -> None:
             online.setdefault(f.kind, len(trace.loss))
+            ONLINE_LOG.append((len(trace.loss), f))
 
         cb = GradguardCallback(show_findings=False, on_finding=seen, flush_every=10)
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -707,6 +715,7 @@ def lightning_case(lr: float) -> Callable[[str, str, int, int], Result]:
 
         def seen(f: Finding) -> None:
             online.setdefault(f.kind, len(trace.loss))
+            ONLINE_LOG.append((len(trace.loss), f))
 
         cb = GradguardCallback(
             show_findings=False, log_to_logger=False, on_finding=seen, flush_every=10
@@ -805,6 +814,74 @@ CASES: tuple[Case, ...] = (
     Case("lightning lstm healthy", "lightning", lightning_case(3e-3), steps=80),
     Case("lightning lstm lr x1000", "lightning", lightning_case(3.0), steps=80),
 )
+
+
+def warmup_cosine(base: float, warm: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up over ``warm`` steps, then cosine decay to 0 at ``total``."""
+
+    def lr(step: int) -> float:
+        if step < warm:
+            return base * (step + 1) / warm
+        return base * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return lr
+
+
+# The healthy-run corpus: no warning-or-worse finding may fire on any of these, online or final.
+# 25, 1,000 and 20,000 steps; SGD and Adam; noisy mini-batches (batch 4-8); warm-up + cosine.
+HEALTHY: tuple[Case, ...] = (
+    Case("mlp 3 relu adam", "mlp", torch_case(digits_mlp(3, nn.ReLU), lr=1e-3), steps=25),
+    Case(
+        "mlp 3 relu sgd",
+        "mlp",
+        torch_case(digits_mlp(3, nn.ReLU), lr=0.05, optimizer="sgd"),
+        steps=25,
+    ),
+    Case("cnn adam", "cnn", torch_case(digits_cnn(), lr=1e-3), steps=25),
+    Case("lstm adam", "lstm", torch_case(rnn("lstm"), lr=3e-3), steps=25),
+    Case("gpt adam", "gpt", torch_case(gpt(), lr=3e-3), steps=25),
+    Case(
+        "mlp 3 relu adam, batch 4, warm-up + cosine",
+        "mlp",
+        torch_case(digits_mlp(3, nn.ReLU, batch=4), lr=1e-3, lr_at=warmup_cosine(1e-3, 100, 1000)),
+        steps=1000,
+    ),
+    Case(
+        "mlp 4 tanh sgd, batch 8",
+        "mlp",
+        torch_case(digits_mlp(4, nn.Tanh, batch=8), lr=0.02, optimizer="sgd"),
+        steps=1000,
+    ),
+    Case("cnn sgd", "cnn", torch_case(digits_cnn(), lr=0.02, optimizer="sgd"), steps=1000),
+    Case(
+        "lstm sgd, clip 1",
+        "lstm",
+        torch_case(rnn("lstm", batch=8, seq=16, d=32), lr=0.5, optimizer="sgd", clip=1.0),
+        steps=1000,
+    ),
+    Case(
+        "gpt adam, warm-up + cosine",
+        "gpt",
+        torch_case(gpt(batch=8, d=32), lr=3e-3, clip=1.0, lr_at=warmup_cosine(3e-3, 100, 1000)),
+        steps=1000,
+    ),
+    Case(
+        "mlp 2 relu adam, batch 16, cosine",
+        "mlp",
+        torch_case(
+            digits_mlp(2, nn.ReLU, batch=16, width=16),
+            lr=3e-3,
+            lr_at=warmup_cosine(3e-3, 200, 20000),
+        ),
+        steps=20000,
+    ),
+    Case(
+        "lstm adam, tiny",
+        "lstm",
+        torch_case(rnn("lstm", batch=4, seq=8, d=16), lr=3e-3),
+        steps=20000,
+    ),
+)
 SEEDS = (0, 1, 2)
 FAST = (
     "gpt healthy, clip 1",
@@ -866,11 +943,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=("all", "calibration", "held-out"), default="all")
     ap.add_argument("--only", help="run the cases whose name or family contains this text")
     ap.add_argument("--fast", action="store_true", help="the test suite's subset, seed 0")
+    ap.add_argument(
+        "--healthy", action="store_true", help="the healthy-run corpus (seed 0) instead"
+    )
     ap.add_argument("--steps", type=int, help="override every case's step count")
     ap.add_argument("--markdown", type=Path, help="also write the table to this file")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cases = CASES
+    cases = HEALTHY if a.healthy else CASES
     if a.fast:
         cases = tuple(c for c in CASES if c.name in FAST)
     if a.only:
@@ -878,7 +958,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.steps:
         cases = tuple(Case(c.name, c.family, c.run, a.steps) for c in cases)
     seeds = {"all": SEEDS, "calibration": (0,), "held-out": SEEDS[1:]}[a.split]
-    if a.fast:
+    if a.fast or a.healthy:
         seeds = (0,)
     table = markdown(run_all(cases, seeds))
     print(table)

@@ -216,9 +216,9 @@ def test_exponential_growth_over_time(rate: float, severity: Severity | None) ->
         assert not found
     else:
         assert len(found) == 1 and found[0].severity is severity
-        # the peak of the trailing median (10 points: 200 // 20; on the log scale, so an even
-        # window's middle pair meets at its geometric mean) over the first 5 steps' median
-        trail = [np.exp(np.median(np.log(g[i - 10 : i]))) for i in range(10, 201)]
+        # the peak of the trailing median (loss_window = 9 points, on the log scale) over the
+        # first 5 steps' median
+        trail = [np.exp(np.median(np.log(g[i - 9 : i]))) for i in range(9, 201)]
         expect = max(trail) / np.median(g[:5])
         assert found[0].data["growth"] == pytest.approx(expect)
 
@@ -341,7 +341,7 @@ def test_divergence_rising_loss() -> None:
     loss = np.r_[np.linspace(2.0, 0.5, 60), np.linspace(0.5, 1.5, 40)]
     f = one(diagnose(make_run(scalars={LOSS: loss})), "divergence")
     assert f.severity is Severity.WARNING
-    assert f.data["loss_best"] == pytest.approx(0.5, rel=0.1)
+    assert f.data["loss_best"] == pytest.approx(0.5, rel=0.15)  # the 9-point median of a V's tip
     assert not f.data["ended_above_start"]
     assert f.remedies[0].name == "a lower learning rate"
     # ends at 3.0, above where it started: worse than at initialisation, critical
@@ -437,7 +437,7 @@ def test_sometimes_unused_layer_is_not_nonfinite() -> None:
         ({"time_growth_critical": 10.0}, "time_growth_warning must be <= time_growth_critical"),
         ({"loss_start_note": 20.0}, "loss_start_note must be <= loss_start_warning"),
         ({"divergence_critical": 1.2}, "rise_ratio must be <= divergence_critical"),
-        ({"loss_window_max": 2}, "loss_window_max"),
+        ({"loss_window": 0}, "loss_window"),
         ({"spike_min_points": 0}, "spike_min_points"),
         ({"start_steps": 2.5}, "start_steps"),
         ({"nonfinite_spike_points": 1}, "nonfinite_spike_points"),
@@ -489,7 +489,7 @@ def test_loss_thresholds_come_from_the_config() -> None:
         diagnose(_loss_run(loss), config=DiagnosisConfig(rise_min_fraction=0.01)), "divergence"
     )
     assert f.severity is Severity.WARNING and "rose from its best" in f.evidence
-    crit = DiagnosisConfig(rise_min_fraction=0.01, divergence_critical=3.0)
+    crit = DiagnosisConfig(rise_min_fraction=0.01, divergence_critical=2.5)
     assert one(diagnose(_loss_run(loss), config=crit), "divergence").severity is Severity.CRITICAL
     # a 2.5x loss jump: below loss_spike_ratio (3) by default
     jump = np.exp(0.01 * rng.standard_normal(60))
@@ -511,5 +511,6 @@ def test_time_thresholds_come_from_the_config() -> None:
     g = np.geomspace(1.0, 1e5, 8)  # 8 steps of growth: fewer than min_time_points (10)
     run = _loss_run(np.ones(8), grad_norm_total=g)
     assert not by_kind(diagnose(run), "exploding_gradients")
-    (f,) = by_kind(diagnose(run, config=DiagnosisConfig(min_time_points=8)), "exploding_gradients")
+    cfg = DiagnosisConfig(min_time_points=8, loss_window=3)
+    (f,) = by_kind(diagnose(run, config=cfg), "exploding_gradients")
     assert f.data["growth"] >= 100

@@ -8,8 +8,9 @@ started, where it is, or how noisy it is:
   recorded losses. Online diagnosis keeps exactly these points (``Run.bounded``), so the online
   and the final verdict measure from the same start. The first point is kept because a blow-up
   within the first steps must not become the baseline.
-- **smooth**: the trailing median of the last ``window`` losses at every point (causal: the value
-  at step t uses no later loss, so a flush at step t sees what the final diagnosis sees there).
+- **smooth**: the trailing median of the last ``loss_window`` losses at every point (causal and
+  of fixed width: the value at step t uses no later loss, so a flush at step t sees what the
+  final diagnosis sees there). A rise counts once it has held ``loss_persist`` points running.
 - **noise**: the robust standard deviation of one loss value around its trend (1.4826 x the MAD
   of consecutive differences / sqrt 2, over the points judged; a trend or a few jumps barely move
   it): the yardstick of "clearly". Mini-batch noise of any size moves neither verdict.
@@ -60,6 +61,19 @@ def _nanmedian_rows(a: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.asarray(np.nanmedian(a, axis=1), dtype=np.float64)
+
+
+def _persistent(mask: np.ndarray, k: int) -> np.ndarray:
+    """``mask`` where it has held for at least ``k`` consecutive points up to and including each
+    point (the first k - 1 points of a run of True are dropped)."""
+    if k <= 1 or not mask.any():
+        return mask
+    run = np.zeros(len(mask), dtype=np.int64)
+    count = 0
+    for i, m in enumerate(mask):  # runs are rare and short: a plain loop over the set points
+        count = count + 1 if m else 0
+        run[i] = count
+    return run >= k
 
 
 @dataclass(frozen=True)
@@ -113,7 +127,7 @@ class LossTrack:
         margin = np.maximum(cfg.end_rise_rel * abs(self.start), cfg.loss_noise_z * self.noise)
         out = self.smooth > self.start + margin
         out[: self.window - 1] = False
-        return out
+        return _persistent(out, self.config.loss_persist)
 
     @cached_property
     def risen(self) -> np.ndarray:
@@ -126,7 +140,7 @@ class LossTrack:
             ratio_ok = (best <= 0) | (self.smooth >= cfg.rise_ratio * best)
             out = np.isfinite(best) & (self.smooth - best > margin) & ratio_ok
         out[: self.window - 1] = False
-        return out
+        return _persistent(out, self.config.loss_persist)
 
     def first(self, mask: np.ndarray) -> int | None:
         """The index of the first point where ``mask`` holds, None if none."""
@@ -151,7 +165,7 @@ def loss_track(view: RunView) -> LossTrack | None:
     k = min(cfg.start_steps, len(loss))
     head = float(np.median(loss[:k]))
     start = min(float(loss[0]), head)
-    window = int(np.clip(len(loss) // 20, cfg.loss_window_min, cfg.loss_window_max))
+    window = min(cfg.loss_window, len(loss))
     return LossTrack(
         steps=steps,
         loss=loss,

@@ -145,7 +145,7 @@ def check_time(view: RunView) -> list[Finding]:
         # the first start_steps, so a flush at step t judges what the final diagnosis judges there
         k = min(cfg.start_steps, len(g))
         base = float(np.median(g[:k]))
-        w = int(np.clip(len(g) // 20, cfg.loss_window_min, cfg.loss_window_max))
+        w = cfg.loss_window
         trail = np.median(
             np.lib.stride_tricks.sliding_window_view(np.log(g), min(w, len(g))), axis=1
         )
