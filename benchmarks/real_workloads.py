@@ -474,7 +474,7 @@ def watched_loop(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with gg.watch(model, opt, on_finding=seen, flush_every=10) as mon:
+        with gg.watch(model, opt, on_finding=seen, flush_every=10 if steps <= 200 else 100) as mon:
             for step in range(steps):
                 x, y = next(batches)
                 if input_scale != 1.0:

@@ -40,13 +40,13 @@ def residual_mlp(depth: int = 10, d: int = 8) -> nn.Module:
 
 
 def in_memory_run(model: nn.Module, opt_cls: type[torch.optim.Optimizer], **watch) -> Run:
-    """Train 60 steps with lr 0 on one fixed batch (the loss stays exactly flat)."""
+    """Train 200 steps with lr 0 on one fixed batch (the loss stays exactly flat)."""
     opt = opt_cls(model.parameters(), lr=0.0)
     x = torch.randn(16, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with gg.watch(model, opt, flush_every=60, **watch) as mon:
-            for _ in range(60):
+        with gg.watch(model, opt, flush_every=200, **watch) as mon:
+            for _ in range(200):
                 loss = model(x).square().mean()
                 opt.zero_grad()
                 loss.backward()

@@ -93,7 +93,7 @@ def test_online_sees_the_start_and_a_bounded_tail() -> None:
     # inside; the depth profile at step 0 (vanishing at init) is always kept.
     s, n = 3000, 6
     g = np.exp(0.2 * np.random.default_rng(0).standard_normal(s))
-    g[[100, 2500]] *= 100
+    g[[100, 2500]] *= 300
     prof = np.ones((s, n))
     prof[0] = 1e-2 * 0.1 ** np.arange(n - 1, -1, -1)
     run = Run.from_arrays(
@@ -141,7 +141,7 @@ def test_growing_layer_set_is_one_problem_and_escalation_is_reported() -> None:
 def test_depth_and_time_findings_of_one_kind_are_two_problems() -> None:
     s, n = 200, 6
     g = np.exp(0.1 * np.random.default_rng(0).standard_normal(s))
-    g[150] *= 100  # a spike over time
+    g[150] *= 300  # a spike over time (>= spike_warning: a warning)
     prof = np.ones((s, n)) * 1e-2 * 0.2 ** np.arange(n)[None, :]  # grows toward the input
     run = Run.from_arrays(
         layers=[f"l{i}" for i in range(n)],

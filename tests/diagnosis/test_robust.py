@@ -63,10 +63,10 @@ SPECIAL = [float("nan"), float("inf"), -float("inf"), -1.0, -1e300, 0.0, 1e-300,
 
 @st.composite
 def long_runs(draw: st.DrawFn) -> Run:
-    """15-60 steps: enough for the loss rules (min_loss_points = 20) and the over-time checks
+    """15-240 steps: enough for the loss rules (min_loss_points = 20, stall_min_points = 200) and the over-time checks
     (min_time_points = 10) to run. Series have a drawn trend (falling, flat, exploding) and noise,
     with NaN/Inf/negative/huge/tiny values injected at drawn positions."""
-    n_steps = draw(st.integers(15, 60))
+    n_steps = draw(st.integers(15, 240))
     n_layers = draw(st.integers(1, 5))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     layers = [

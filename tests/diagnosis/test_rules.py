@@ -188,9 +188,14 @@ def lognormal(n: int, sigma: float, seed: int = 0, level: float = 1.0) -> np.nda
 
 def test_gradient_spikes_are_found_at_their_steps() -> None:
     g = lognormal(200, 0.3)
-    g[[60, 150]] *= 50
+    g[[60, 150]] *= 300
     f = one(diagnose(make_run(scalars={GRAD_NORM_TOTAL: g})), "exploding_gradients")
     assert f.severity is Severity.WARNING
+    # the same jumps at 30x: a note (info), not an alarm
+    mild = lognormal(200, 0.3)
+    mild[[60, 150]] *= 40
+    f = one(diagnose(make_run(scalars={GRAD_NORM_TOTAL: mild})), "exploding_gradients")
+    assert f.severity is Severity.INFO and f.data["spike_steps"] == [60, 150]
     assert f.data["spike_steps"] == [60, 150]
     assert "first at step 60" in f.evidence
     assert f.layers == ()
@@ -327,7 +332,7 @@ def test_dead_units(act: str | None, frac: float, severity: Severity | None) -> 
 
 # ---------------------------------------------------------------------------- loss
 def test_stalled_learning() -> None:
-    flat = 1.386 + 0.01 * np.random.default_rng(0).standard_normal(100)
+    flat = 1.386 + 0.01 * np.random.default_rng(0).standard_normal(300)
     f = one(diagnose(make_run(scalars={LOSS: flat})), "stalled_learning")
     assert f.severity is Severity.WARNING
     assert abs(f.data["relative_decrease"]) < 0.02
@@ -500,7 +505,7 @@ def test_loss_thresholds_come_from_the_config() -> None:
     )
     assert f.data["spike_steps"] == [40]
     # a flat loss of 1e-7: stalled by default, "converged" with converged_loss=1e-6
-    flat = np.full(60, 1e-7)
+    flat = np.full(200, 1e-7)
     assert by_kind(diagnose(_loss_run(flat)), "stalled_learning")
     assert not by_kind(
         diagnose(_loss_run(flat), config=DiagnosisConfig(converged_loss=1e-6)), "stalled_learning"

@@ -176,7 +176,9 @@ def check_time(view: RunView) -> list[Finding]:
         with np.errstate(over="ignore"):  # 1e300 over 1e-300: an inf ratio is still a spike
             jump = g[hits] / prev_med
         worst = int(np.argmax(jump))
-        raise_to(Severity.WARNING)
+        # a lone jump of less than spike_warning x that the loss shrugged off is worth a note,
+        # not an alarm (healthy LSTMs show 10-15x jumps); larger ones warn
+        raise_to(Severity.WARNING if float(jump[worst]) >= cfg.spike_warning else Severity.INFO)
         parts.append(
             f"{GRAD_NORM_TOTAL} spiked {len(hits)} time(s), first at step {int(steps[hits[0]])}; "
             f"largest {number(float(jump[worst]))}x its running median "
@@ -189,9 +191,14 @@ def check_time(view: RunView) -> list[Finding]:
     if len(wsteps) >= cfg.min_time_points:
         order = np.argsort(wsteps, kind="stable")
         w = np.where(np.isfinite(w[order]), w[order], np.nan)
-        k = max(2, len(w) // 10)
+        # causal, like the gradient norm: the peak of each layer's trailing median over its
+        # median at the first start_steps
+        k = min(cfg.start_steps, len(w))
+        win = min(cfg.loss_window, len(w))
+        trail = nanmedian(np.lib.stride_tricks.sliding_window_view(w, win, axis=0), axis=2)
         with np.errstate(divide="ignore", invalid="ignore"):
-            grow = np.asarray(nanmedian(w[-k:], axis=0)) / np.asarray(nanmedian(w[:k], axis=0))
+            peak = np.nanmax(np.where(np.isfinite(trail), trail, -np.inf), axis=0)
+            grow = peak / np.asarray(nanmedian(w[:k], axis=0))
         grown = np.flatnonzero(np.nan_to_num(grow, nan=0.0, posinf=0.0) >= cfg.weight_growth)
         if len(grown):
             raise_to(Severity.WARNING)
