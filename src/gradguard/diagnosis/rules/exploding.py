@@ -145,9 +145,9 @@ def check_time(view: RunView) -> list[Finding]:
         # the first start_steps, so a flush at step t judges what the final diagnosis judges there
         k = min(cfg.start_steps, len(g))
         base = float(np.median(g[:k]))
-        w = cfg.loss_window
+        win = min(cfg.loss_window, len(g))
         trail = np.median(
-            np.lib.stride_tricks.sliding_window_view(np.log(g), min(w, len(g))), axis=1
+            np.lib.stride_tricks.sliding_window_view(np.log(g), win), axis=1
         )
         peak = int(np.argmax(trail))
         growth = float(np.exp(trail[peak]) / base) if base > 0 else math.inf
@@ -158,11 +158,11 @@ def check_time(view: RunView) -> list[Finding]:
         )
         if growth >= cfg.time_growth_warning:
             raise_to(Severity.CRITICAL if growth >= cfg.time_growth_critical else Severity.WARNING)
-            at = int(steps[peak + min(w, len(g)) - 1])
+            at = int(steps[peak + win - 1])
             parts.append(
                 f"{GRAD_NORM_TOTAL} grew {number(growth)}x (median of steps "
                 f"{int(steps[0])}..{int(steps[k - 1])} {number(base)} -> "
-                f"{number(float(np.exp(trail[peak])))} over the {min(w, len(g))} steps to step {at})"
+                f"{number(float(np.exp(trail[peak])))} over the {win} steps to step {at})"
             )
     hits = spikes(
         g,
