@@ -13,13 +13,16 @@ started, where it is, or how noisy it is:
   final diagnosis sees there). A rise counts once it has held ``loss_persist`` points running.
 - **noise**: the robust standard deviation of one loss value around its trend (1.4826 x the MAD
   of consecutive differences / sqrt 2, over the points judged; a trend or a few jumps barely move
-  it): the yardstick of "clearly". Mini-batch noise of any size moves neither verdict.
+  it), on the log scale when every loss is positive (mini-batch noise is proportional to the
+  level of a loss that falls by orders of magnitude): the yardstick of "clearly". Mini-batch
+  noise of any size moves neither verdict.
 
 Two questions are answered at every point, so a rule can name the first step where it held and
 whether it still holds at the end:
 
-- **above start**: the smoothed loss is above the start by more than ``end_rise_rel`` of the start
-  and more than ``loss_noise_z`` noise units (the run is worse than at initialisation);
+- **above start**: the smoothed loss is above the start by more than a factor 1 +
+  ``end_rise_rel`` and more than ``loss_noise_z`` noise units (the run is worse than at
+  initialisation);
 - **risen**: the smoothed loss is above its best level so far by more than ``rise_min_fraction``
   of the descent achieved (start - best), more than ``loss_noise_z`` noise units, and (for a
   positive loss) by at least ``rise_ratio`` x the best.
@@ -93,15 +96,32 @@ class LossTrack:
         return _nanmedian_rows(_trailing(self.loss, self.window))
 
     @cached_property
+    def positive(self) -> bool:
+        """Every loss is > 0: noise is measured on the log scale (mini-batch noise of a loss
+        that falls by orders of magnitude is proportional to its level)."""
+        return bool(np.all(self.loss > 0))
+
+    @cached_property
     def noise(self) -> float:
         """Robust standard deviation of one loss value around its trend, over the points judged
         (1.4826 x the MAD of consecutive differences / sqrt 2: a trend or a few jumps barely
-        move it)."""
-        d = np.diff(self.loss)
+        move it); in log units when the loss is positive, else in loss units."""
+        x = np.log(self.loss) if self.positive else self.loss
+        d = np.diff(x)
         if len(d) < 2:
             return 0.0
         mad = float(np.median(np.abs(d - np.median(d))))
         return 1.4826 * mad / math.sqrt(2.0)
+
+    def _clearly_above(self, ref: np.ndarray | float, rel: float) -> np.ndarray:
+        """Where the smoothed loss exceeds ``ref`` by more than the factor (or, for a loss
+        that can be <= 0, the fraction of |ref|) ``rel`` and by more than loss_noise_z noise."""
+        z = self.config.loss_noise_z * self.noise
+        ref = np.asarray(ref, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            if self.positive:
+                return self.smooth > ref * np.exp(max(math.log1p(rel), z))  # type: ignore[no-any-return]
+            return self.smooth > ref + np.maximum(rel * np.abs(ref), z)  # type: ignore[no-any-return]
 
     @property
     def end(self) -> float:
@@ -123,9 +143,7 @@ class LossTrack:
     @cached_property
     def above_start(self) -> np.ndarray:
         """Where the smoothed loss is clearly above the start (bool per point)."""
-        cfg = self.config
-        margin = np.maximum(cfg.end_rise_rel * abs(self.start), cfg.loss_noise_z * self.noise)
-        out = self.smooth > self.start + margin
+        out = self._clearly_above(self.start, self.config.end_rise_rel)
         out[: self.window - 1] = False
         return _persistent(out, self.config.loss_persist)
 
@@ -136,11 +154,15 @@ class LossTrack:
         best = self.best_so_far
         with np.errstate(invalid="ignore", over="ignore"):
             descent = np.maximum(self.start - best, 0.0)
-            margin = np.maximum(cfg.rise_min_fraction * descent, cfg.loss_noise_z * self.noise)
-            ratio_ok = (best <= 0) | (self.smooth >= cfg.rise_ratio * best)
-            out = np.isfinite(best) & (self.smooth - best > margin) & ratio_ok
+            enough = self.smooth - best > cfg.rise_min_fraction * descent
+            if self.positive:
+                clear = self._clearly_above(best, cfg.rise_ratio - 1.0)
+            else:  # a loss that can be <= 0: no ratio, the noise and the descent decide
+                z = cfg.loss_noise_z * self.noise
+                clear = self.smooth - best > z
+            out = np.isfinite(best) & enough & clear
         out[: self.window - 1] = False
-        return _persistent(out, self.config.loss_persist)
+        return _persistent(out, cfg.loss_persist)
 
     def first(self, mask: np.ndarray) -> int | None:
         """The index of the first point where ``mask`` holds, None if none."""

@@ -146,9 +146,7 @@ def check_time(view: RunView) -> list[Finding]:
         k = min(cfg.start_steps, len(g))
         base = float(np.median(g[:k]))
         win = min(cfg.loss_window, len(g))
-        trail = np.median(
-            np.lib.stride_tricks.sliding_window_view(np.log(g), win), axis=1
-        )
+        trail = np.median(np.lib.stride_tricks.sliding_window_view(np.log(g), win), axis=1)
         peak = int(np.argmax(trail))
         growth = float(np.exp(trail[peak]) / base) if base > 0 else math.inf
         data["growth"] = growth
