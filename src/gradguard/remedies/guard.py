@@ -138,7 +138,9 @@ class Guard:
             self.take_snapshot()
 
     def attach(self, monitor: Any) -> None:
-        """Send events to ``monitor.event`` too (called by ``gg.watch(..., guard=guard)``)."""
+        """Record skipped steps in ``monitor`` too (called by ``gg.watch(..., guard=guard)``):
+        each is a ``guard_skip`` (or, the scaler's overflow, ``scaler_skip``) event at its step,
+        and the step keeps its number (``monitor.mark_skipped``)."""
         self._monitor = monitor
 
     def take_snapshot(self) -> None:
@@ -180,9 +182,16 @@ class Guard:
         norm, loss_v, overflow = self._measure(loss, found_inf)
         idx = self.steps
         self.steps += 1
-        if overflow:  # the scaler found inf/NaN: its own skip, not an event
+        if overflow:  # the scaler found inf/NaN: its own skip, not a guard event
+            scale = float(self.scaler.get_scale())  # the scale that overflowed (a rare read)
             self.scaler.update()  # backs the scale off; the optimizer never sees these grads
             self.scaler_skips += 1
+            self._tell_monitor(
+                "scaler_skip",
+                "GradScaler found inf/NaN gradients (fp16 overflow): the optimizer step was not "
+                "taken and the loss scale backs off",
+                data={"reason": "scaler_overflow", "scale": scale},
+            )
             return False
         kind, z = self._judge(norm, loss_v)
         if kind is None:
@@ -208,6 +217,12 @@ class Guard:
             self.scaler.update()  # no optimizer step: it must not see these gradients
             if ask and float(self.scaler.get_scale()) < before:
                 self.scaler_skips += 1
+                self._tell_monitor(
+                    "scaler_skip",
+                    "GradScaler found inf/NaN gradients (fp16 overflow): the optimizer step was "
+                    "not taken and the loss scale backs off",
+                    data={"reason": "scaler_overflow", "scale": before},
+                )
                 return False
         self._record(idx, kind, norm, z, loss_v, inputs, target)
         return False
@@ -330,19 +345,24 @@ class Guard:
         lr = self._back_off() if rolled or self.lr_backoff < 1.0 else None
         ev = GuardEvent(idx, kind, msg, norm, z, loss, layer, rolled, lr, where)
         self.events.append(ev)
-        if self._monitor is not None:
-            try:
-                self._monitor.event(
-                    "guard_skip",
-                    f"{kind}: {msg}",
-                    layer=layer,
-                    value=norm if _finite(norm) else None,
-                    data=ev.to_data(),
-                )
-            except Exception as e:  # recording must never break the training it guards
-                warnings.warn(
-                    f"gradguard: Guard could not record an event: {e}", RuntimeWarning, stacklevel=3
-                )
+        self._tell_monitor(
+            "guard_skip",
+            f"{kind}: {msg}",
+            layer=layer,
+            value=norm if _finite(norm) else None,
+            data=ev.to_data(),
+        )
+
+    def _tell_monitor(self, kind: str, message: str, **fields: Any) -> None:
+        """Record the skipped step in the attached Monitor (it keeps its step number there)."""
+        if self._monitor is None:
+            return
+        try:
+            self._monitor.mark_skipped(kind, message, **fields)
+        except Exception as e:  # recording must never break the training it guards
+            warnings.warn(
+                f"gradguard: Guard could not record an event: {e}", RuntimeWarning, stacklevel=4
+            )
 
     def _roll_back(self) -> None:
         """Restore the snapshot; each group keeps its current learning rate (not the snapshot's)."""

@@ -11,7 +11,10 @@ import numpy as np
 from gradguard.errors import StoreError
 from gradguard.record.batch import Event, Layer
 
-__all__ = ["Run"]
+__all__ = ["Run", "SKIP_EVENTS"]
+
+# event kinds that mark a skipped optimizer step (the Monitor's scaler= watch, gg.Guard)
+SKIP_EVENTS = ("scaler_skip", "guard_skip")
 
 
 class Run:
@@ -123,6 +126,16 @@ class Run:
         if not self._metrics:
             return np.zeros(0, dtype=np.int64)
         return np.unique(np.concatenate([s for s, _ in self._metrics.values()]))
+
+    @property
+    def skipped(self) -> dict[int, str]:
+        """Steps whose optimizer call did not update the weights, and why (``scaler_overflow``,
+        ``nonfinite_grad``, ...): the ``scaler_skip`` and ``guard_skip`` events."""
+        return {
+            int(e.step): str(e.data.get("reason", e.kind))
+            for e in self.events
+            if e.kind in SKIP_EVENTS and e.step is not None
+        }
 
     def has_metric(self, name: str) -> bool:
         return name in self._metrics and len(self._metrics[name][0]) > 0
