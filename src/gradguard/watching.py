@@ -78,6 +78,11 @@ class Monitor(Recorder):
         scaler: Any = None,
         **options: Any,
     ) -> None:
+        if on_finding is not None and not callable(on_finding):
+            raise GradguardError(
+                f"on_finding must be a function taking a Finding, got {type(on_finding).__name__}; "
+                "e.g. on_finding=print, or leave it out"
+            )
         for helper in (clip, guard):  # checked before any hook or file exists
             if helper is not None and not callable(getattr(helper, "attach", None)):
                 raise GradguardError(
