@@ -168,7 +168,7 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):
                     c.execute("ROLLBACK")
                 if isinstance(e, sqlite3.Error):
-                    raise StoreError(f"writing {str(self.path)!r} failed: {e}") from e
+                    raise StoreError(f"writing {str(self.path)!r} failed: {_meaning(e)}") from e
                 raise
 
     def _check_file(self) -> None:
@@ -196,6 +196,18 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _meaning(e: sqlite3.Error) -> str:
+    """SQLite's message, with what its I/O error codes mean: a failed write is most often a full
+    disk or a file-size limit (``ulimit -f``), which SQLite reports only as "disk I/O error"."""
+    name = str(getattr(e, "sqlite_errorname", ""))
+    if name.startswith("SQLITE_IOERR_WRITE") or name in ("SQLITE_IOERR_TRUNCATE", "SQLITE_IOERR"):
+        return (
+            f"{e} ({name}: a write was refused: the disk is full, a file-size limit "
+            "(ulimit -f) was reached, or the device failed)"
+        )
+    return str(e)
 
 
 def _finite_or_none(v: float | None) -> float | None:
