@@ -22,6 +22,7 @@ from torch import nn
 import gradguard as gg
 from tests.faults.harness import FAULT_STEP, Case, Expect, check_row, mlp3, nan_at
 from tests.faults.matrix import register
+from tests.fixtures.models import CNN, LSTMNet
 
 K = FAULT_STEP
 LAYERS = ("0", "2", "4")  # mlp3's Linear layers, forward order
@@ -48,7 +49,8 @@ def forward_fault(layer: str, value: float) -> Callable[[nn.Module], None]:
 def grad_fault(layer: str, value: float) -> Callable[[int, nn.Module], None]:
     def put(s: int, model: nn.Module) -> None:
         if s == K:
-            dict(model.named_modules())[layer].weight.grad.view(-1)[0] = value
+            grad = next(dict(model.named_modules())[layer].parameters(recurse=False)).grad
+            grad.view(-1)[0] = value
 
     return put
 
@@ -186,6 +188,46 @@ for bad, word in ((math.nan, "NaN"), (math.inf, "Inf")):
             Case(on_grads=grad_fault(lay, bad)),
             Expect("nonfinite", K, lay, "backward"),
         )
+
+
+def images(s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(s)
+    return torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 5, (16,), generator=g)
+
+
+def sequences(s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(s)
+    return torch.randint(0, 20, (16, 6), generator=g), torch.randint(0, 2, (16,), generator=g)
+
+
+# The same numeric faults on a CNN (conv, batch norm, conv, linear head) and an LSTM
+# (embedding, 2-layer LSTM, linear head): NaN in the input or the embedding's output, in each
+# layer's gradient, in the loss.
+for label, make, data, layers, first in (
+    ("CNN", CNN, images, ("conv1", "bn", "conv2", "head"), "conv1"),
+    ("LSTMNet", LSTMNet, sequences, ("emb", "lstm", "out"), "emb"),
+):
+    common: dict[str, Any] = {"model": make, "batch": data, "loss_of": F.cross_entropy}
+    if label == "CNN":
+        ROWS[f"{label}: NaN in the input"] = (
+            Case(on_input=nan_at(K), **common),
+            Expect("nonfinite", K, first, "forward"),
+        )
+    else:
+        ROWS[f"{label}: NaN in the embedding's output"] = (
+            Case(on_model=forward_fault("emb", math.nan), **common),
+            Expect("nonfinite", K, first, "forward"),
+        )
+    ROWS[f"{label}: NaN in the loss"] = (
+        Case(on_loss=nan_at(K), **common),
+        Expect("nonfinite", K, None, "loss"),
+    )
+    for lay in layers:
+        ROWS[f"{label}: NaN in {lay}'s gradient"] = (
+            Case(on_grads=grad_fault(lay, math.nan), **common),
+            Expect("nonfinite", K, lay, "backward"),
+        )
+
 ROWS["fp16 autocast, GradScaler overflow (scale 2^24)"] = (
     Case(autocast=torch.float16, stepper=scaler_stepper(2.0**24), steps=8),
     None,
