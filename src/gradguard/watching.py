@@ -79,7 +79,7 @@ class Monitor(Recorder):
         **options: Any,
     ) -> None:
         if on_finding is not None and not callable(on_finding):
-            raise GradguardError(
+            raise ConfigError(
                 f"on_finding must be a function taking a Finding, got {type(on_finding).__name__}; "
                 "e.g. on_finding=print, or leave it out"
             )

@@ -111,7 +111,7 @@ ROWS: list[tuple[str, list[str]]] = [
     ("theory: sigma_b2 negative", ["theory", "tanh", "--sigma-b2", "-0.5"]),
     ("theory: negative slope nan", ["theory", "leaky_relu", "--negative-slope", "nan"]),
     ("theory: negative slope inf", ["theory", "leaky_relu", "--negative-slope", "inf"]),
-    ("theory: alpha zero", ["theory", "elu", "--alpha", "0"]),
+    ("theory: alpha nan", ["theory", "elu", "--alpha", "nan"]),
     ("theory: alpha for tanh", ["theory", "tanh", "--alpha", "1"]),
     ("theory: plot under a file", ["theory", "tanh", "--plot", "{under_file}"]),
     ("theory: plot with an unknown extension", ["theory", "tanh", "--plot", "{dir}/x.xyz"]),

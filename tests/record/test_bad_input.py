@@ -57,7 +57,7 @@ def test_load_of_something_that_is_not_a_path(path: object) -> None:
 @pytest.mark.parametrize("on_finding", [3, "print", True])
 def test_on_finding_must_be_callable(on_finding: object) -> None:
     model, opt = model_and_opt()
-    with pytest.raises(GradguardError, match="on_finding must be a function"):
+    with pytest.raises(ConfigError, match="on_finding must be a function"):
         gg.watch(model, opt, on_finding=on_finding)  # type: ignore[arg-type]
 
 
@@ -73,7 +73,7 @@ def test_schedule_period_below_one_is_an_error_not_never(option: str, value: int
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_guard_flags_must_be_bools(flag: str, value: object) -> None:
     model, opt = model_and_opt()
-    with pytest.raises(GradguardError, match=f"{flag} must be True or False"):
+    with pytest.raises(ConfigError, match=f"{flag} must be True or False"):
         gg.Guard(model, opt, **{flag: value})  # type: ignore[arg-type]
 
 

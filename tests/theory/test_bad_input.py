@@ -15,8 +15,8 @@ from gradguard.theory import mean_field, resolve_activation
     [
         ("leaky_relu", {"negative_slope": math.nan}, "finite"),
         ("leaky_relu", {"negative_slope": math.inf}, "finite"),
-        ("elu", {"alpha": 0.0}, "> 0"),
-        ("elu", {"alpha": -math.inf}, "> 0"),
+        ("elu", {"alpha": math.nan}, "finite"),
+        ("elu", {"alpha": -math.inf}, "finite"),
         ("tanh", {"alpha": 1.0}, "takes no parameter 'alpha'"),
         ("leaky_relu", {"alpha": 1.0}, "it takes negative_slope"),
     ],

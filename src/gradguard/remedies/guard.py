@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradguard.errors import GradguardError
+from gradguard.errors import ConfigError, GradguardError
 from gradguard.record.checks import check_optimizer_owns
 from gradguard.record.kernels import total_norm
 from gradguard.remedies._checks import check_module, check_number, check_optimizer
@@ -96,7 +96,7 @@ class Guard:
         check_optimizer_owns(self.model, self.optimizer, "Guard")
         for flag, v in (("rollback", rollback), ("locate", locate)):
             if not isinstance(v, bool):
-                raise GradguardError(f"{flag} must be True or False, got {v!r}")
+                raise ConfigError(f"{flag} must be True or False, got {v!r}")
         self.max_norm_z = (
             None if max_norm_z is None else check_number("max_norm_z", max_norm_z, low=0.0)
         )

@@ -228,7 +228,7 @@ _PARAMS = {"leaky_relu": ("negative_slope",), "elu": ("alpha",)}  # what a named
 
 
 def _checked_params(name: str, params: dict[str, float]) -> dict[str, float]:
-    """Each parameter one that ``name`` takes, and a finite number (alpha > 0)."""
+    """Each parameter one that ``name`` takes, and a finite number."""
     takes = _PARAMS.get(name, ())
     for key, value in params.items():
         if key not in takes:
@@ -240,9 +240,9 @@ def _checked_params(name: str, params: dict[str, float]) -> dict[str, float]:
             v = float(value)
         except (TypeError, ValueError):
             v = math.nan
-        if not math.isfinite(v) or (key == "alpha" and v <= 0):
+        if not math.isfinite(v):
             raise GradguardError(
-                f"{key}={value!r} must be a finite number{' > 0' if key == 'alpha' else ''}; "
+                f"{key}={value!r} must be a finite number; "
                 f"e.g. {key}={0.01 if key == 'negative_slope' else 1.0}"
             )
     return params
