@@ -223,6 +223,11 @@ for label, make, data, layers, first in (
         Expect("nonfinite", K, None, "loss"),
     )
     for lay in layers:
+        if label == "CNN":  # the LSTM's output is a tuple: its input row covers its forward
+            ROWS[f"{label}: NaN in {lay}'s forward output"] = (
+                Case(on_model=forward_fault(lay, math.nan), **common),
+                Expect("nonfinite", K, lay, "forward"),
+            )
         ROWS[f"{label}: NaN in {lay}'s gradient"] = (
             Case(on_grads=grad_fault(lay, math.nan), **common),
             Expect("nonfinite", K, lay, "backward"),
