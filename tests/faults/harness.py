@@ -6,7 +6,7 @@ input, a layer's forward output, a gradient, the loss, the step). :func:`train` 
 watched; :func:`check_row` asserts (a) the same losses and weights as without gradguard, (b) the
 store holds every flushed row (each optimizer step's loss and every step's per-layer rows but the
 skipped ones), (c) the expected finding names the step and layer, (d) no other warning-or-worse
-finding.
+finding, offline (``gg.diagnose``) or online (``finding:<kind>`` events recorded during the run).
 """
 
 from __future__ import annotations
@@ -173,9 +173,18 @@ def check_row(case: Case, expect: Expect | None, tmp_path: Path) -> list[Finding
     # (c) the right finding, naming the right step and layer; (d) nothing else at warning+
     findings = gg.diagnose(run)
     bad = serious(findings)
+    # online diagnosis' findings (stored as finding:<kind> events) count too
+    online = {
+        e.kind.split(":", 1)[1]
+        for e in run.events
+        if e.kind.startswith("finding:")
+        and e.data.get("finding", {}).get("severity") in ("warning", "critical")
+    }
     if expect is None:
         assert not bad, describe(bad)
+        assert not online, f"online findings: {sorted(online)}"
         return findings
+    assert online <= {expect.kind} or expect.kind == "*", f"online findings: {sorted(online)}"
     hits = [f for f in bad if expect.kind in (f.kind, "*")]
     assert hits, f"no {expect.kind} finding; got {describe(findings)}"
     f = hits[0]
