@@ -137,3 +137,30 @@ def test_skip_after_take_gradients_now_drops_the_rows() -> None:
         run = mon.run
     assert run.metric(GRAD_NORM)[0].tolist() == [0, 2]
     assert run.skipped == {1: "scaler_overflow"}
+
+
+def test_guard_reports_its_scalers_skips() -> None:
+    """gg.Guard driving a GradScaler: the scaler's overflow is a scaler_skip at its step, the
+    Guard's own refusal a guard_skip, both keeping their step numbers."""
+    torch.manual_seed(2)
+    model = mlp(depth=3, width=8, d_in=4, d_out=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    guard = gg.Guard(model, opt, scaler=scaler)
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    with gg.watch(model, opt, guard=guard) as mon:
+        for i in range(6):
+            opt.zero_grad()
+            loss = F.mse_loss(model(x), y)
+            scaler.scale(loss).backward()
+            if i == 2:
+                model[2].weight.grad[0, 0] = float("inf")  # the scaler's overflow
+            guard.step(loss=torch.tensor(float("nan")) if i == 4 else loss)  # the guard's
+            mon.log(loss=loss)
+        mon.flush()
+        run = mon.run
+    assert run.skipped == {2: "scaler_overflow", 4: "nonfinite_loss"}
+    assert guard.scaler_skips == 1 and len(guard.events) == 1
+    assert run.scalar(LOSS)[0].tolist() == list(range(6))
+    (ev,) = [e for e in run.events if e.kind == "scaler_skip"]
+    assert ev.data["scale"] == 2.0**8
