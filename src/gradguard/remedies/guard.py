@@ -54,7 +54,8 @@ class Guard:
     replaces ``scaler.step(optimizer); scaler.update()`` and unscales first if you did not. A
     step where the scaler found an inf/NaN gradient (an fp16 overflow, in the backward or
     already in the loss) is the scaler's skip: its scale backs off, ``guard.scaler_skips`` counts
-    it, and no event is recorded (no rollback, no lr backoff). The guard reads the scaler's
+    it, and it is no GuardEvent (no rollback, no lr backoff; in an attached Monitor it is marked
+    skipped as a ``scaler_skip``). The guard reads the scaler's
     overflow flag itself and then calls ``optimizer.step()`` and ``scaler.update()`` (what
     ``scaler.step`` would do, without its second sync).
 
