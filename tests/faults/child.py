@@ -56,7 +56,9 @@ def main(mode: str, store: str, steps: int) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mon = gg.watch(model, opt, store=store, detail_every=1, flush_every=1000)
+        # automatic flushes (every 3 steps, committed by the writer thread while training goes on)
+        # and waited ones (mon.flush() every 5): a kill can land in either
+        mon = gg.watch(model, opt, store=store, detail_every=1, flush_every=3)
         for s in range(steps):
             x, y = batch(s)
             opt.zero_grad()
