@@ -1,5 +1,7 @@
 """A training process the store rows kill or starve: ``python -m tests.faults.child MODE STORE STEPS``.
 
+``MODE`` ``lockstep`` waits for a line on stdin before each step.
+
 Prints one JSON line per step (``{"step": s, "loss": l}``) and, after each ``mon.flush()`` (which
 returns once the batch is committed), ``{"committed": s}``. ``MODE`` ``fsize:N`` sets
 RLIMIT_FSIZE to N bytes first (writes past it fail with EFBIG; SIGXFSZ is ignored so that the
@@ -60,6 +62,8 @@ def main(mode: str, store: str, steps: int) -> None:
         # and waited ones (mon.flush() every 5): a kill can land in either
         mon = gg.watch(model, opt, store=store, detail_every=1, flush_every=3)
         for s in range(steps):
+            if mode == "lockstep":  # one line on stdin per step: the parent picks the kill point
+                sys.stdin.readline()
             x, y = batch(s)
             opt.zero_grad()
             loss = F.mse_loss(model(x), y)

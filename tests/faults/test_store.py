@@ -22,9 +22,9 @@ import torch.nn.functional as F
 import gradguard as gg
 from gradguard.metrics import GRAD_NORM, LOSS
 from gradguard.runs.store import list_runs
-from tests.faults.child import batch, losses
+from tests.faults.child import FLUSH_EVERY, batch, losses
 from tests.faults.harness import mlp3
-from tests.faults.matrix import fault
+from tests.faults.matrix import fault, register
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,48 +36,11 @@ def child(mode: str, store: Path, steps: int) -> subprocess.Popen[str]:
         [sys.executable, "-m", "tests.faults.child", mode, str(store), str(steps)],
         cwd=ROOT,
         env=env,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-@fault(
-    "SIGKILL at random points of a training process",
-    kind="process",
-    models="mlp3",
-    count=2,
-    checks="every step committed before the kill is in the store with the loss of a plain run",
-)
-def test_sigkill_loses_only_the_uncommitted_tail(tmp_path: Path) -> None:
-    want = losses(40)
-    rng = random.Random(13)
-    for k in range(2):
-        store = tmp_path / f"kill{k}.db"
-        kill_after = rng.randrange(3, 38)  # a random step of the loop
-        proc = child("plain", store, 40)
-        assert proc.stdout is not None
-        committed = -1
-        seen = 0
-        for line in proc.stdout:
-            msg = json.loads(line)
-            if "committed" in msg:
-                committed = msg["committed"]
-            if "step" in msg:
-                assert msg["loss"] == want[msg["step"]]  # (a) the numbers of a plain run
-                seen = msg["step"]
-                if seen >= kill_after:
-                    break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        run = gg.load(store)
-        got = run.metric(GRAD_NORM)[0].tolist()
-        # (b) every committed step is there, in order, and nothing that was not computed
-        assert got[: committed + 1] == list(range(committed + 1))
-        assert got == list(range(len(got))) and len(got) <= seen + 1
-        steps, vals = run.scalar(LOSS)
-        np.testing.assert_array_equal(vals, np.asarray(want[: len(steps)]))
 
 
 @fault(
@@ -198,10 +161,14 @@ def test_concurrent_writers_and_reader(tmp_path: Path) -> None:
     results: dict[str, list[float]] = {}
     done = threading.Event()
 
+    models = {}
+    for name in ("a", "b"):  # built here: the global RNG is not to be raced for by two threads
+        torch.manual_seed(0)
+        models[name] = mlp3()
+
     def writer(name: str) -> None:
         try:
-            torch.manual_seed(0)
-            model = mlp3()
+            model = models[name]
             opt = torch.optim.SGD(model.parameters(), lr=0.05)
             with gg.watch(model, opt, store=path, name=name, flush_every=2) as mon:
                 results[name] = train_in_process(mon, model, opt, range(30))
@@ -239,3 +206,69 @@ def test_concurrent_writers_and_reader(tmp_path: Path) -> None:
         run = gg.load(path, name)
         assert run.metric(GRAD_NORM)[0].tolist() == list(range(30))
         np.testing.assert_array_equal(run.scalar(LOSS)[1], np.asarray(want))
+
+
+register(
+    "process",
+    "SIGKILL at a random step of a training process (beside another one writing the same store)",
+    "mlp3",
+    1,
+    "every step committed before the kill is in the store with the loss of a plain run; the "
+    "file stays readable",
+)
+register(
+    "store",
+    "two training processes writing unnamed runs into one store, read meanwhile",
+    "mlp3 x2",
+    1,
+    "the survivor's run complete with a plain run's numbers; distinct names; every read succeeds",
+)
+
+
+def test_two_processes_share_a_store_and_one_is_killed(tmp_path: Path) -> None:
+    """Two processes record into one store; a reader loads it all along; one process is killed
+    with SIGKILL at a random step (seeded), the other runs to its end."""
+    store = tmp_path / "shared.db"
+    gg.Store(store).close()
+    want = losses(40)
+    kill_after = random.Random(13).randrange(3, 38)
+    victim, survivor = child("lockstep", store, 40), child("plain", store, 40)
+    assert victim.stdin is not None and victim.stdout is not None
+    committed, reads = -1, 0
+    for s in range(kill_after):  # steps 0 .. kill_after - 1, each to its end
+        victim.stdin.write("\n")
+        victim.stdin.flush()
+        while True:
+            msg = json.loads(victim.stdout.readline())
+            if "committed" in msg:
+                committed = msg["committed"]
+                break
+            assert msg["step"] == s and msg["loss"] == want[s]  # (a) a plain run's numbers
+            if s % FLUSH_EVERY != FLUSH_EVERY - 1:  # no flush after this step
+                break
+        for name, _ in list_runs(store):  # a reader beside two writers: never an error
+            gg.load(store, name)
+        reads += 1
+    victim.stdin.write("\n")  # step kill_after starts ... and is killed somewhere inside
+    victim.stdin.flush()
+    seen = kill_after
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    out, err = survivor.communicate(timeout=120)
+    assert survivor.returncode == 0, err[-2000:]
+    end = json.loads(out.splitlines()[-1])
+    assert not [m for m in end["warnings"] if "store" in m], end["warnings"]
+    assert reads > 0
+    runs = {name: gg.load(store, name) for name, _ in list_runs(store)}
+    assert sorted(runs) == ["run-1", "run-2"]  # chosen inside the write transaction
+    full = [r for r in runs.values() if len(r.metric(GRAD_NORM)[0]) == 40]
+    cut = [r for r in runs.values() if len(r.metric(GRAD_NORM)[0]) < 40]
+    assert len(full) == 1 and len(cut) == 1
+    np.testing.assert_array_equal(full[0].scalar(LOSS)[1], np.asarray(want))
+    # (b) the killed run: every committed step, in order, nothing that was not computed
+    got = cut[0].metric(GRAD_NORM)[0].tolist()
+    assert got[: committed + 1] == list(range(committed + 1))
+    assert got == list(range(len(got))) and len(got) <= seen + 1
+    steps, vals = cut[0].scalar(LOSS)
+    np.testing.assert_array_equal(vals, np.asarray(want[: len(steps)]))
