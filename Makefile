@@ -1,30 +1,42 @@
 # One command each: `make demo` runs the main job, `make test` runs lint, types and the whole test suite.
-# Both create the virtual environment in .venv if it is missing.
+# Both create the virtual environment in .venv if it is missing; each installs only what it needs:
+# the demo the `lab` and `report` extras (matplotlib, scikit-learn), the tests the `dev` extra
+# (Lightning, transformers, playwright... about 2 GB).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: demo test lint typecheck pytest bench clean
 
-$(BIN)/gradguard: pyproject.toml
+$(BIN)/python:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned below 2.14 so pip takes the CPU wheel on this machine's disk
 	$(BIN)/pip install -q 'torch>=2.4,<2.14'
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $(BIN)/gradguard
 
-demo: $(BIN)/gradguard
+# what `gradguard demo` imports: the lab (scikit-learn's digits) and the report (matplotlib)
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[lab,report]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# what .ci/run builds first: the dev environment
+$(BIN)/gradguard: $(VENV)/.dev-installed
+
+demo: $(VENV)/.demo-installed
 	$(BIN)/gradguard demo
 
-lint: $(BIN)/gradguard
+lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 
-typecheck: $(BIN)/gradguard
+typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no test: treat that as a failure, not as "nothing to do"
-pytest: $(BIN)/gradguard
+pytest: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -32,7 +44,7 @@ test: lint typecheck pytest
 
 # every benchmark behind docs/benchmarks.md, one after the other (about 10 minutes on 2 cores);
 # run it on a quiet machine
-bench: $(BIN)/gradguard
+bench: $(VENV)/.dev-installed
 	$(BIN)/python benchmarks/overhead.py --json bench-overhead.json
 	$(BIN)/python benchmarks/clip.py
 	$(BIN)/python benchmarks/check.py

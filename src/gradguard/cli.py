@@ -12,6 +12,7 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from gradguard import __version__
 from gradguard.errors import GradguardError
@@ -19,8 +20,15 @@ from gradguard.errors import GradguardError
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line (like every other bad input): exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gradguard",
         description="See, diagnose and fix vanishing and exploding gradients.",
     )

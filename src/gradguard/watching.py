@@ -75,8 +75,14 @@ class Monitor(Recorder):
         reducer: Reducer | None = None,
         run_config: Mapping[str, Any] | None = None,
         sinks: Sequence[Sink] | None = None,
+        scaler: Any = None,
         **options: Any,
     ) -> None:
+        if on_finding is not None and not callable(on_finding):
+            raise ConfigError(
+                f"on_finding must be a function taking a Finding, got {type(on_finding).__name__}; "
+                "e.g. on_finding=print, or leave it out"
+            )
         for helper in (clip, guard):  # checked before any hook or file exists
             if helper is not None and not callable(getattr(helper, "attach", None)):
                 raise GradguardError(
@@ -91,7 +97,13 @@ class Monitor(Recorder):
             opened = store if isinstance(store, Store) else Store(store)
         try:
             super().__init__(
-                model, optimizer, config=config, reducer=reducer, run_config=run_config, **options
+                model,
+                optimizer,
+                config=config,
+                reducer=reducer,
+                run_config=run_config,
+                scaler=scaler,
+                **options,
             )
             dcfg = self.config.diagnosis
             if dcfg is not None and not isinstance(dcfg, DiagnosisConfig):
@@ -239,6 +251,7 @@ def watch(
     on_finding: Callable[[Finding], None] | None = None,
     sinks: Sequence[Sink] | None = None,
     reducer: Reducer | None = None,
+    scaler: Any = None,
     **options: Any,
 ) -> Monitor:
     """Start watching ``model`` (and count steps of ``optimizer``).
@@ -252,7 +265,11 @@ def watch(
         name: the run's name in the store (default ``run-N``).
         config: a :class:`~gradguard.record.config.WatchConfig` or a preset: "light", "default", "full".
         clip: a ``gg.clip`` clipper whose clips are recorded (norm before and after).
-        guard: a ``gg.Guard`` whose skipped steps are recorded as events.
+        guard: a ``gg.Guard`` whose skipped steps are recorded (``guard_skip`` events).
+        scaler: the ``torch.amp.GradScaler`` whose ``scaler.step(optimizer)`` you call: a step it
+            skips (inf/NaN gradients) is recorded as skipped (a ``scaler_skip`` event) and keeps
+            its step number, so logged values stay with their step. Without it such steps are
+            invisible (no optimizer hook fires) and a loss logged for one is averaged into the next.
         on_finding: called with each new online finding of severity >= warning.
         sinks: objects with ``write(batch, layers)`` and ``close()`` fed at each flush (e.g.
             ``gradguard.sinks.tensorboard.TensorBoardSink``); a failing sink is reported once and dropped.
@@ -277,5 +294,6 @@ def watch(
         on_finding=on_finding,
         sinks=sinks,
         reducer=reducer,
+        scaler=scaler,
         **options,
     )

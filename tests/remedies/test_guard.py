@@ -352,4 +352,5 @@ def test_watch_with_guard_records_the_skip_event() -> None:
     assert len(skips) == 1
     (ev,) = skips
     assert ev.step == 3 and ev.layer == "4" and ev.data["reason"] == "nonfinite_grad"
-    assert mon.step_count == 5  # the skipped step was never taken
+    assert mon.step_count == 6  # the skipped call is a step too (marked skipped)
+    assert run.skipped == {3: "nonfinite_grad"}

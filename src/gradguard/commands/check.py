@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gradguard.commands._args import SEED, WIDTH
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -27,10 +29,10 @@ def register(sub: Any) -> None:
         help="shape of a random N(0, 1) example input, batch first (needed when the factory "
         "returns only a model)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the random input (default 0)")
     p.add_argument("--no-jacobian", action="store_true", help="skip the Jacobian estimate")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--width", type=int, default=None, help="console width")
+    p.add_argument("--width", type=WIDTH, default=None, help="console width")
     p.set_defaults(func=run)
 
 
@@ -47,6 +49,41 @@ def _parse_shape(text: str) -> tuple[int, ...]:
             "e.g. --input-shape 64,784"
         )
     return shape
+
+
+def _random_input(model: Any, shape: tuple[int, ...], seed: int) -> Any:
+    """An N(0, 1) input of ``shape`` on the model's device and dtype; a clear error, not a
+    traceback (or the OOM killer), when it cannot fit in memory."""
+    import math
+    import os
+
+    import torch
+
+    from gradguard.errors import GradguardError
+
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    need = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        ram = 2**62
+    # the check keeps the input, activations and gradients: several times the input's size
+    if need > ram // 8:
+        raise GradguardError(
+            f"--input-shape {','.join(map(str, shape))} needs {need / 2**30:.3g} GiB for the input "
+            f"alone (this machine has {ram / 2**30:.3g} GiB); pass a smaller batch, e.g. "
+            f"--input-shape 64,{','.join(map(str, shape[1:])) or '1'}"
+        )
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        example = torch.randn(shape, generator=gen)
+        return example.to(device=param.device, dtype=dtype) if param is not None else example
+    except (RuntimeError, MemoryError) as e:
+        raise GradguardError(
+            f"cannot allocate an input of shape {shape} ({str(e).splitlines()[0][:120]}); "
+            "pass a smaller --input-shape"
+        ) from e
 
 
 def load_factory(target: str) -> Any:
@@ -83,7 +120,6 @@ def load_factory(target: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from torch import nn
 
     from gradguard.errors import GradguardError
@@ -105,11 +141,7 @@ def run(args: argparse.Namespace) -> int:
             "(model, example_input) pair"
         )
     if args.input_shape:
-        gen = torch.Generator().manual_seed(args.seed)
-        example = torch.randn(_parse_shape(args.input_shape), generator=gen)
-        param = next(made.parameters(), None)
-        if param is not None:
-            example = example.to(device=param.device, dtype=param.dtype)
+        example = _random_input(made, _parse_shape(args.input_shape), args.seed)
     if example is None:
         raise GradguardError(
             f"{args.target}() returned only a model; pass --input-shape N,D,... (batch first) "

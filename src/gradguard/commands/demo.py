@@ -6,6 +6,8 @@ import argparse
 import time
 from typing import Any
 
+from gradguard.commands._args import THREADS
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -20,7 +22,7 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars, less output")
     p.add_argument(
         "--threads",
-        type=int,
+        type=THREADS,
         default=None,
         help="torch CPU threads (default: 1, fastest for the lab's small models)",
     )

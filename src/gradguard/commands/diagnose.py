@@ -9,6 +9,7 @@ import argparse
 import json
 from typing import Any
 
+from gradguard.commands._args import WIDTH
 from gradguard.diagnosis.finding import Severity
 from gradguard.errors import ConfigError
 
@@ -33,7 +34,7 @@ def register(sub: Any) -> None:
         help="exit with code 1 if a finding is at least this severe",
     )
     p.add_argument(
-        "--width", type=int, default=None, help="console width (default: the terminal's)"
+        "--width", type=WIDTH, default=None, help="console width (default: the terminal's)"
     )
     p.set_defaults(func=run)
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from gradguard.commands._args import THREADS
 from gradguard.format import number
 
 
@@ -32,7 +33,7 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--threads",
-        type=int,
+        type=THREADS,
         default=None,
         help="torch CPU threads (default: 1, fastest for the lab's small models)",
     )
@@ -53,6 +54,61 @@ def parse_options(items: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key] = value
     return options
+
+
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The experiment exists and each ``--set`` value fits its preset's type: a whole number in
+    1..100x the full preset's (``steps``, ``width``...), a finite positive number (``lr``), a list
+    of such, or a string. Checked before any work, so a typo fails in a second, not minutes in."""
+    import importlib
+
+    from gradguard import lab
+    from gradguard.errors import ConfigError
+
+    if name not in lab.EXPERIMENTS:
+        raise ConfigError(
+            f"unknown experiment {name!r}; use one of {sorted(lab.EXPERIMENTS)} "
+            "(see `gradguard lab list`)"
+        )
+    module = importlib.import_module(f"gradguard.lab.{name}")
+    quick, full = module.PRESETS["quick"], module.PRESETS["full"]
+    extra = getattr(module, "EXTRA_OPTIONS", ())
+    for key, value in options.items():
+        if key not in quick and key not in extra:
+            raise ConfigError(
+                f"bad option for experiment {name!r}: {key}; use one of {sorted([*quick, *extra])}"
+            )
+        if key in quick:
+            _check_value(key, value, quick[key], full.get(key, quick[key]))
+    return options
+
+
+def _check_value(key: str, value: Any, quick: Any, full: Any) -> None:
+    import math
+
+    from gradguard.errors import ConfigError
+
+    if isinstance(quick, list):
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"--set {key}=... must be a non-empty JSON list like {quick}")
+        top = max([*quick, *full]) if all(isinstance(v, int) for v in [*quick, *full]) else None
+        for v in value:
+            _check_value(key, v, quick[0], top if top is not None else full[0])
+        return
+    if isinstance(quick, (bool, str)):
+        return  # the experiment checks its choices
+    if isinstance(quick, int):
+        high = 100 * max(quick, int(full))
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise ConfigError(
+                f"--set {key}={value!r} must be a whole number in 1..{high} (preset: {quick})"
+            )
+        return
+    if isinstance(quick, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"--set {key}={value!r} must be a number (preset: {quick})")
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"--set {key}={value!r} must be finite and > 0 (preset: {quick})")
 
 
 def print_result(console: Any, result: Any, max_rows: int = 40) -> None:
@@ -113,7 +169,11 @@ def run(args: argparse.Namespace) -> int:
         for name, text in lab.list_experiments():
             console.print(f"[bold]{name}[/bold]  {text}")
         return 0
-    options = {"threads": args.threads, **parse_options(args.options)}
+    options = {"threads": args.threads, **check_options(args.name, parse_options(args.options))}
+    if args.out:  # made (or refused) now, not after the experiment's minutes
+        from gradguard.lab.output import output_dir
+
+        output_dir(args.out)
     result = lab.run_experiment(
         args.name, quick=args.quick, out=args.out, quiet=args.quiet, **options
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from gradguard.commands._args import WIDTH
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -17,7 +19,7 @@ def register(sub: Any) -> None:
     p.add_argument("--name", help="run name (default: the last run in the file)")
     p.add_argument("--list", action="store_true", help="list the runs in the file and exit")
     p.add_argument(
-        "--width", type=int, default=None, help="console width (default: the terminal's)"
+        "--width", type=WIDTH, default=None, help="console width (default: the terminal's)"
     )
     p.set_defaults(func=run)
 

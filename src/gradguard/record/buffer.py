@@ -66,6 +66,11 @@ class StepBuffer:
     def slot_of(self, step: int) -> int | None:
         return self._slot_of.get(step)
 
+    def discard(self, step: int) -> None:
+        """Forget the per-layer rows written for ``step`` (a step that was skipped after all)."""
+        if step in self._slot_of:
+            self._groups[self._slot_of[step]].clear()
+
     def holds(self, slot: int, group: Group) -> bool:
         return group in self._groups[slot]
 

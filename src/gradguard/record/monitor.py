@@ -22,7 +22,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -32,12 +31,14 @@ from gradguard.model.layers import LayerInfo, discover_layers
 from gradguard.model.tensors import local
 from gradguard.record.batch import Batch, Event, Layer
 from gradguard.record.buffer import StepBuffer
+from gradguard.record.checks import check_watch_args, loggable
 from gradguard.record.config import WatchConfig, resolve_config
 from gradguard.record.failures import Failures
 from gradguard.record.probes.activations import ActivationProbe
 from gradguard.record.probes.grads import GradientProbe
 from gradguard.record.probes.update import UpdateProbe
 from gradguard.record.reduce import Reducer, default_reducer
+from gradguard.record.skips import ScalerWatch
 from gradguard.record.trace import FirstForwardTrace
 
 __all__ = ["Recorder"]
@@ -77,18 +78,10 @@ class Recorder:
         config: WatchConfig | str | None = None,
         reducer: Reducer | None = None,
         run_config: Mapping[str, Any] | None = None,
+        scaler: Any = None,
         **options: Any,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise GradguardError(
-                f"gg.watch expects a torch.nn.Module as its first argument, got {type(model).__name__}; "
-                "pass the model (e.g. gg.watch(model, optimizer))"
-            )
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise GradguardError(
-                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; pass the optimizer "
-                "object (e.g. torch.optim.SGD(model.parameters(), lr=0.1)), or None and call mon.step() yourself"
-            )
+        check_watch_args(model, optimizer, scaler)
         self.config = resolve_config(config, **options)
         self.model = model
         self.optimizer = optimizer
@@ -120,12 +113,16 @@ class Recorder:
         self._act_step: int | None = None  # detail step whose activation hooks are armed
         self._just_stepped = False
         self._taken_early: int | None = None  # step whose statistics take_gradients_now() took
+        self._post_calls = 0  # optimizer step post-hook calls (a scaler.step without one skipped)
 
         # removable hooks owned by this recorder
         self._handles: list[Any] = [model.register_forward_pre_hook(self._on_root_forward)]
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(self._on_pre_step))
             self._handles.append(optimizer.register_step_post_hook(self._on_post_step))
+        self.scaler = scaler
+        if scaler is not None:
+            self._handles.append(ScalerWatch(self, scaler))
         self._prepare_step(0)
 
     # ------------------------------------------------------------------ what becomes of a batch
@@ -148,6 +145,7 @@ class Recorder:
         self._guarded(GRADS, self._pre_step)
 
     def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._post_calls += 1
         self._guarded(UPDATE, self._post_step)
 
     def take_gradients_now(self) -> None:
@@ -179,6 +177,25 @@ class Recorder:
             )
         self._take_gradients()
         self._guarded(UPDATE, self._post_step)
+
+    def mark_skipped(self, kind: str, message: str, **fields: Any) -> None:
+        """Count an optimizer call that did not update the weights (GradScaler overflow, gg.Guard):
+        the step keeps its number and an event ``kind`` (``scaler_skip``, ``guard_skip``) with the
+        reason, has no per-layer rows (its gradients were thrown away), and what ``mon.log`` gets
+        after the skipped call stays at its step."""
+        if self._closed:
+            return
+        s = self.step_count
+        self.buffer.discard(s)  # take_gradients_now() may have read the thrown-away gradients
+        self._taken_early = None
+        if self._act_step == s:  # the detail step's activations belong to a step not taken
+            self.activations.disarm()
+            self._act_step = None
+        self._update_step = None
+        self.event(kind, message, step=s, **fields)  # layer=, value=, data=
+        self.step_count = s + 1
+        self._just_stepped = True
+        self._prepare_step(self.step_count)
 
     def _pre_step(self) -> None:
         s = self.step_count
@@ -278,20 +295,7 @@ class Recorder:
             return
         step = self.step_count - 1 if self._just_stepped else self.step_count
         for k, v in scalars.items():
-            if isinstance(v, torch.Tensor):
-                if v.numel() != 1:
-                    raise GradguardError(
-                        f"mon.log({k}=...) got a tensor of shape {tuple(v.shape)}; log scalars only "
-                        "(e.g. loss.mean() or a 0-d tensor)"
-                    )
-                v = v.detach().reshape(())
-            elif isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
-                v = float(v)
-            else:
-                raise GradguardError(
-                    f"mon.log({k}=...) got {type(v).__name__}; pass a number or a 0-d tensor"
-                )
-            self.buffer.log(max(step, 0), k, v)
+            self.buffer.log(max(step, 0), k, loggable(k, v))
 
     def event(
         self,

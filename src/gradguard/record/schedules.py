@@ -56,11 +56,16 @@ class never:  # noqa: N801
 
 
 def as_schedule(value: Schedule | int | None) -> Schedule:
-    """Accept a schedule, a period ``n`` (every n steps), or ``None``/``0`` (never)."""
-    if value is None or value == 0:
+    """Accept a schedule, a period ``n >= 1`` (every n steps), or ``None`` (never)."""
+    if value is None:
         return never()
     if isinstance(value, bool):
         raise ConfigError("a schedule must be an int period or a callable step -> bool, not a bool")
+    if isinstance(value, int) and value < 1:
+        raise ConfigError(
+            f"a schedule period must be a whole number >= 1, got {value}; pass None (or "
+            "gradguard.record.schedules.never()) to switch the probe off"
+        )
     if isinstance(value, int):
         return every(value)
     if callable(value):

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradguard.errors import GradguardError
+from gradguard.errors import ConfigError, GradguardError
+from gradguard.record.checks import check_optimizer_owns
 from gradguard.record.kernels import total_norm
 from gradguard.remedies._checks import check_module, check_number, check_optimizer
 from gradguard.remedies._guard_event import GuardEvent
@@ -53,7 +54,8 @@ class Guard:
     replaces ``scaler.step(optimizer); scaler.update()`` and unscales first if you did not. A
     step where the scaler found an inf/NaN gradient (an fp16 overflow, in the backward or
     already in the loss) is the scaler's skip: its scale backs off, ``guard.scaler_skips`` counts
-    it, and no event is recorded (no rollback, no lr backoff). The guard reads the scaler's
+    it, and it is no GuardEvent (no rollback, no lr backoff; in an attached Monitor it is marked
+    skipped as a ``scaler_skip``). The guard reads the scaler's
     overflow flag itself and then calls ``optimizer.step()`` and ``scaler.update()`` (what
     ``scaler.step`` would do, without its second sync).
 
@@ -92,6 +94,10 @@ class Guard:
     ) -> None:
         self.model = check_module(model, "Guard")
         self.optimizer = check_optimizer(optimizer, "Guard")
+        check_optimizer_owns(self.model, self.optimizer, "Guard")
+        for flag, v in (("rollback", rollback), ("locate", locate)):
+            if not isinstance(v, bool):
+                raise ConfigError(f"{flag} must be True or False, got {v!r}")
         self.max_norm_z = (
             None if max_norm_z is None else check_number("max_norm_z", max_norm_z, low=0.0)
         )
@@ -138,7 +144,9 @@ class Guard:
             self.take_snapshot()
 
     def attach(self, monitor: Any) -> None:
-        """Send events to ``monitor.event`` too (called by ``gg.watch(..., guard=guard)``)."""
+        """Record skipped steps in ``monitor`` too (called by ``gg.watch(..., guard=guard)``):
+        each is a ``guard_skip`` (or, the scaler's overflow, ``scaler_skip``) event at its step,
+        and the step keeps its number (``monitor.mark_skipped``)."""
         self._monitor = monitor
 
     def take_snapshot(self) -> None:
@@ -180,9 +188,16 @@ class Guard:
         norm, loss_v, overflow = self._measure(loss, found_inf)
         idx = self.steps
         self.steps += 1
-        if overflow:  # the scaler found inf/NaN: its own skip, not an event
+        if overflow:  # the scaler found inf/NaN: its own skip, not a guard event
+            scale = float(self.scaler.get_scale())  # the scale that overflowed (a rare read)
             self.scaler.update()  # backs the scale off; the optimizer never sees these grads
             self.scaler_skips += 1
+            self._tell_monitor(
+                "scaler_skip",
+                "GradScaler found inf/NaN gradients (fp16 overflow): the optimizer step was not "
+                "taken and the loss scale backs off",
+                data={"reason": "scaler_overflow", "scale": scale},
+            )
             return False
         kind, z = self._judge(norm, loss_v)
         if kind is None:
@@ -208,6 +223,12 @@ class Guard:
             self.scaler.update()  # no optimizer step: it must not see these gradients
             if ask and float(self.scaler.get_scale()) < before:
                 self.scaler_skips += 1
+                self._tell_monitor(
+                    "scaler_skip",
+                    "GradScaler found inf/NaN gradients (fp16 overflow): the optimizer step was "
+                    "not taken and the loss scale backs off",
+                    data={"reason": "scaler_overflow", "scale": before},
+                )
                 return False
         self._record(idx, kind, norm, z, loss_v, inputs, target)
         return False
@@ -330,19 +351,24 @@ class Guard:
         lr = self._back_off() if rolled or self.lr_backoff < 1.0 else None
         ev = GuardEvent(idx, kind, msg, norm, z, loss, layer, rolled, lr, where)
         self.events.append(ev)
-        if self._monitor is not None:
-            try:
-                self._monitor.event(
-                    "guard_skip",
-                    f"{kind}: {msg}",
-                    layer=layer,
-                    value=norm if _finite(norm) else None,
-                    data=ev.to_data(),
-                )
-            except Exception as e:  # recording must never break the training it guards
-                warnings.warn(
-                    f"gradguard: Guard could not record an event: {e}", RuntimeWarning, stacklevel=3
-                )
+        self._tell_monitor(
+            "guard_skip",
+            f"{kind}: {msg}",
+            layer=layer,
+            value=norm if _finite(norm) else None,
+            data=ev.to_data(),
+        )
+
+    def _tell_monitor(self, kind: str, message: str, **fields: Any) -> None:
+        """Record the skipped step in the attached Monitor (it keeps its step number there)."""
+        if self._monitor is None:
+            return
+        try:
+            self._monitor.mark_skipped(kind, message, **fields)
+        except Exception as e:  # recording must never break the training it guards
+            warnings.warn(
+                f"gradguard: Guard could not record an event: {e}", RuntimeWarning, stacklevel=4
+            )
 
     def _roll_back(self) -> None:
         """Restore the snapshot; each group keeps its current learning rate (not the snapshot's)."""

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gradguard.errors import StoreError
+from gradguard.errors import ConfigError, StoreError
+from gradguard.metrics import GRAD_NORM_TOTAL, LAYER_METRICS, LOSS, LR, by_name
 from gradguard.record.batch import Event, Layer
 
-__all__ = ["Run"]
+__all__ = ["Run", "SKIP_EVENTS"]
+
+# event kinds that mark a skipped optimizer step (the Monitor's scaler= watch, gg.Guard)
+SKIP_EVENTS = ("scaler_skip", "guard_skip")
 
 
 class Run:
@@ -124,23 +129,50 @@ class Run:
             return np.zeros(0, dtype=np.int64)
         return np.unique(np.concatenate([s for s, _ in self._metrics.values()]))
 
+    @property
+    def skipped(self) -> dict[int, str]:
+        """Steps whose optimizer call did not update the weights, and why (``scaler_overflow``,
+        ``nonfinite_grad``, ...): the ``scaler_skip`` and ``guard_skip`` events."""
+        return {
+            int(e.step): str(e.data.get("reason", e.kind))
+            for e in self.events
+            if e.kind in SKIP_EVENTS and e.step is not None
+        }
+
     def has_metric(self, name: str) -> bool:
         return name in self._metrics and len(self._metrics[name][0]) > 0
 
     def metric(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps [S], values [S, L])`` of a per-layer metric; NaN where a layer had no value.
 
-        An unknown name gives empty arrays (``[0]``, ``[0, L]``), so rules can ask freely.
+        A declared metric that was not recorded gives empty arrays (``[0]``, ``[0, L]``), so rules
+        can ask freely; a name that is neither (a typo) is an error naming the recorded ones.
         """
         if name not in self._metrics:
+            self._known(name, self._metrics)
             return np.zeros(0, dtype=np.int64), np.zeros((0, len(self.layers)))
         return self._metrics[name]
 
     def scalar(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(steps [S], values [S])`` of a scalar; empty arrays when it was never logged."""
+        """``(steps [S], values [S])`` of a scalar; empty arrays when a declared one (``loss``,
+        ``lr``...) was never logged; an unknown name (a typo) is an error naming the logged ones."""
         if name not in self._scalars:
+            self._known(name, self._scalars)
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         return self._scalars[name]
+
+    @staticmethod
+    def _known(name: str, recorded: Mapping[str, object]) -> None:
+        if by_name(name) is not None:
+            return
+        close = difflib.get_close_matches(
+            name, [*recorded, *LAYER_METRICS, GRAD_NORM_TOTAL, LR, LOSS], n=1
+        )
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"no metric or scalar {name!r} in this run; {hint}it has {sorted(recorded)} "
+            "(names: gradguard.metrics, or what you passed to mon.log)"
+        )
 
     def to_pandas(self) -> Any:
         """Long tables: ``(metrics, scalars)`` DataFrames (step, layer, metric, value) and (step, name, value)."""

@@ -38,6 +38,16 @@ __all__ = ["Store", "load", "list_runs", "delete_runs"]
 log = logging.getLogger("gradguard")
 
 
+def store_path(path: Any, what: str) -> Path:
+    """``path`` as a Path, or a clear error for what is not a path (``store=123``, ``load(None)``)."""
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise StoreError(
+            f"{what} must be a file path (str or pathlib.Path), got {type(path).__name__} "
+            f"{path!r}; e.g. 'runs/exp.db'"
+        )
+    return Path(path)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -50,7 +60,7 @@ class Store:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = store_path(path, "store")
         self._conn = connect(self.path, create=True)
         self._inode = os.stat(self.path).st_ino
         self._lock = threading.Lock()
@@ -63,18 +73,29 @@ class Store:
     ) -> tuple[int, str]:
         """Insert a run and return ``(run_id, name)``; a missing name becomes ``run-N``."""
         with self._lock:
-            if name is None:
-                n = self._conn.execute("SELECT count(*) FROM runs").fetchone()[0]
-                name = f"run-{n + 1}"
-            cur = self._conn.execute(
-                "INSERT INTO runs(name, created, config, environment) VALUES (?, ?, ?, ?)",
-                (
-                    name,
-                    _now(),
-                    json.dumps(dict(config or {}), default=str),
-                    json.dumps(dict(environment or {}), default=str),
-                ),
-            )
+            # one write transaction: two processes creating unnamed runs at once get run-1, run-2
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                if name is None:
+                    n = self._conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+                    taken = {r[0] for r in self._conn.execute("SELECT name FROM runs")}
+                    while f"run-{n + 1}" in taken:  # a deleted run left a gap
+                        n += 1
+                    name = f"run-{n + 1}"
+                cur = self._conn.execute(
+                    "INSERT INTO runs(name, created, config, environment) VALUES (?, ?, ?, ?)",
+                    (
+                        name,
+                        _now(),
+                        json.dumps(dict(config or {}), default=str),
+                        json.dumps(dict(environment or {}), default=str),
+                    ),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise
             return int(cur.lastrowid or 0), name
 
     def write(self, run_id: int, batch: Batch) -> None:
@@ -147,7 +168,7 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):
                     c.execute("ROLLBACK")
                 if isinstance(e, sqlite3.Error):
-                    raise StoreError(f"writing {str(self.path)!r} failed: {e}") from e
+                    raise StoreError(f"writing {str(self.path)!r} failed: {_meaning(e)}") from e
                 raise
 
     def _check_file(self) -> None:
@@ -175,6 +196,18 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _meaning(e: sqlite3.Error) -> str:
+    """SQLite's message, with what its I/O error codes mean: a failed write is most often a full
+    disk or a file-size limit (``ulimit -f``), which SQLite reports only as "disk I/O error"."""
+    name = str(getattr(e, "sqlite_errorname", ""))
+    if name.startswith("SQLITE_IOERR_WRITE") or name in ("SQLITE_IOERR_TRUNCATE", "SQLITE_IOERR"):
+        return (
+            f"{e} ({name}: a write was refused: the disk is full, a file-size limit "
+            "(ulimit -f) was reached, or the device failed)"
+        )
+    return str(e)
 
 
 def _finite_or_none(v: float | None) -> float | None:
@@ -227,6 +260,13 @@ def _read_run(
         b.append(blob)
     metrics: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for metric, (s, b) in by_metric.items():
+        bad = next((blob for blob in b if len(blob) != 8 * n), None)
+        if bad is not None:
+            raise StoreError(
+                f"run {rname!r} in {str(path)!r} is damaged: its layer table has {n} rows but "
+                f"{metric!r} holds {len(bad) // 8} values per step; the store was edited or "
+                "truncated (record the run again, or restore the file)"
+            )
         vals = np.frombuffer(b"".join(b), dtype="<f8").reshape(len(s), n).astype(np.float64)
         metrics[metric] = (np.asarray(s, dtype=np.int64), vals)
     by_scalar: dict[str, tuple[list[int], list[float]]] = {}
@@ -277,7 +317,7 @@ def load(
 
     >>> run = load("runs/exp.db")   # doctest: +SKIP
     """
-    p = Path(path)
+    p = store_path(path, "gg.load's path")
     conn = connect(p, create=False, read_only=True)
     try:
         return _read_run(conn, p, name, run_id)
@@ -291,7 +331,7 @@ def load(
 
 def list_runs(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """``(name, created)`` of every run in a store, oldest first."""
-    p = Path(path)
+    p = store_path(path, "the store path")
     conn = connect(p, create=False, read_only=True)
     try:
         return [(r[0], r[1]) for r in conn.execute("SELECT name, created FROM runs ORDER BY id")]
@@ -310,7 +350,7 @@ def delete_runs(path: str | os.PathLike[str], names: Sequence[str]) -> int:
     >>> delete_runs("runs/exp.db", ["lr=0.1"])   # doctest: +SKIP
     1
     """
-    p = Path(path)
+    p = store_path(path, "the store path")
     if not p.exists() or not names:
         return 0
     conn = connect(p, create=False)

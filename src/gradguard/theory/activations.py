@@ -224,6 +224,30 @@ def _from_callable(fn: Callable[..., Any], name: str) -> ActivationFn:
     return ActivationFn(name, call, deriv, kinks=(0.0,))
 
 
+_PARAMS = {"leaky_relu": ("negative_slope",), "elu": ("alpha",)}  # what a named activation takes
+
+
+def _checked_params(name: str, params: dict[str, float]) -> dict[str, float]:
+    """Each parameter one that ``name`` takes, and a finite number."""
+    takes = _PARAMS.get(name, ())
+    for key, value in params.items():
+        if key not in takes:
+            raise GradguardError(
+                f"{name} takes no parameter {key!r}"
+                + (f"; it takes {', '.join(takes)}" if takes else "; leave it out")
+            )
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = math.nan
+        if not math.isfinite(v):
+            raise GradguardError(
+                f"{key}={value!r} must be a finite number; "
+                f"e.g. {key}={0.01 if key == 'negative_slope' else 1.0}"
+            )
+    return params
+
+
 def resolve_activation(spec: ActivationLike, **params: float) -> ActivationFn:
     """Turn a name, an :class:`ActivationFn` or an elementwise callable into an :class:`ActivationFn`.
 
@@ -252,7 +276,7 @@ def resolve_activation(spec: ActivationLike, **params: float) -> ActivationFn:
                 f"unknown activation {spec!r}; use one of {', '.join(ACTIVATION_NAMES)} "
                 "or pass an elementwise callable"
             )
-        return _build(key, params)
+        return _build(key, _checked_params(key, params))
     if callable(spec):
         name = getattr(spec, "__name__", None) or type(spec).__name__
         return _from_callable(spec, str(name))

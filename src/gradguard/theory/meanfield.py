@@ -32,6 +32,7 @@ __all__ = ["MeanField", "mean_field", "chi1", "critical_sigma_w2", "phase", "sol
 CRITICAL_TOL = 1e-6  # |chi_1 - 1| below this is called critical
 _Q_TINY = 1e-200  # evaluate "at q = 0" here (keeps the split at kinks meaningful)
 _Q_MAX = 1e12  # no fixed point below this: the length map diverges
+_VAR_MAX = 1e100  # largest sigma_w2 / sigma_b2 accepted
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,12 @@ def _check(sigma_w2: float, sigma_b2: float) -> tuple[float, float]:
         raise GradguardError(
             f"sigma_w2={sigma_w2!r} and sigma_b2={sigma_b2!r} must be finite and >= 0 "
             "(they are variances: sigma_w2 = fan_in * Var(W), sigma_b2 = Var(b))"
+        )
+    if max(sw, sb) > _VAR_MAX:  # closed forms and quadratures overflow beyond this
+        raise GradguardError(
+            f"sigma_w2={sigma_w2!r} and sigma_b2={sigma_b2!r} must be <= {_VAR_MAX:g}; variances "
+            "that large are far outside any trainable network (a bounded activation is deeply "
+            "chaotic there, chi_1 ~ sqrt(sigma_w2))"
         )
     return sw, sb
 
@@ -139,13 +146,20 @@ def solve_q_star(act: ActivationFn, sw: float, sb: float) -> tuple[float, str]:
         lo = 1e-10
     if lo <= 0.0:
         lo = 1e-10
-    grid = np.geomspace(lo, _Q_MAX, int(4 * math.log10(_Q_MAX / lo)) + 2)
+    top = _Q_MAX
+    far = np.abs(act.fn(np.array([-1e8, 1e8])))
+    if np.all(
+        far <= 1e3
+    ):  # bounded phi (tanh, sigmoid, erf...): q* <= sigma_w2 max phi^2 + sigma_b2
+        top = max(top, 4.0 * (sw * float(far.max()) ** 2 + sb))
+    top = max(top, 10.0 * lo)
+    grid = np.geomspace(lo, top, int(4 * (math.log10(top) - math.log10(lo))) + 2)
     vals = sw * G.m2(act, grid) + sb - grid
     neg = np.nonzero(vals <= 0.0)[0]
     if neg.size == 0:
         return (
             math.inf,
-            f"no fixed point of the length map below q = {_Q_MAX:g}: signals grow without bound",
+            f"no fixed point of the length map below q = {top:g}: signals grow without bound",
         )
     i = int(neg[0])
     if vals[i] == 0.0:
@@ -164,6 +178,12 @@ def _chi1_at(act: ActivationFn, sw: float, q: float) -> float:
         else:
             far = act.deriv(np.array([-1e8, 1e8]))
             return float(sw * 0.5 * (far[0] ** 2 + far[1] ** 2))
+    if q > _Q_MAX and act.closed_form is None:
+        far = act.deriv(np.array([-1e8, 1e8]))
+        if np.all(far == 0.0):  # phi' lives on a width << sqrt(q): the quadrature cannot see it
+            u = np.linspace(-60.0, 60.0, 600_001)
+            area = float(np.sum(act.deriv(u) ** 2) * (u[1] - u[0]))  # integral of phi'^2
+            return float(sw * area / math.sqrt(2.0 * math.pi * q))
     return float(sw * G.d2(act, max(float(q), _Q_TINY))[0])
 
 

@@ -48,6 +48,14 @@ def phase_diagram(
         raise GradguardError(
             "drawing the phase diagram needs matplotlib; pip install 'gradguard[report]'"
         ) from e
+    out = Path(path)
+    try:  # checked before the work: the directory is made, as for a store
+        out.resolve().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GradguardError(
+            f"cannot write the phase diagram to {str(out)!r} ({e}); pass a path in a writable "
+            "directory"
+        ) from e
     act = resolve_activation(activation)
     crit0 = critical_sigma_w2(act, 0.0)
     w_max = sigma_w2_max or max(4.0, 2.5 * crit0)
@@ -80,8 +88,13 @@ def phase_diagram(
     ax.set_ylabel("sigma_b^2  (Var(b))")
     ax.set_title(f"mean-field phase diagram: {act.name}")
     ax.legend(loc="upper left", fontsize=8)
-    out = Path(path)
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        fig.savefig(out)
+    except (OSError, ValueError) as e:  # a directory, a read-only file, an unknown extension
+        raise GradguardError(
+            f"cannot write the phase diagram to {str(out)!r} ({e}); pass a writable .png path"
+        ) from e
+    finally:
+        plt.close(fig)
     return out

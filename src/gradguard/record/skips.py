@@ -1,0 +1,54 @@
+"""Steps a GradScaler skips: its ``step`` does not call the optimizer's when the gradients hold
+inf/NaN, so no optimizer hook fires; :class:`ScalerWatch` wraps the instance's ``scaler.step`` and
+tells the Recorder (``mark_skipped``) when a call did not reach the optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ScalerWatch"]
+
+
+class ScalerWatch:
+    """Wraps ``scaler.step`` of one GradScaler instance: a call that did not run the optimizer's
+    step (the scaler found inf/NaN gradients) is a skipped step. Removable like a hook handle."""
+
+    def __init__(self, recorder: Any, scaler: Any) -> None:
+        self.scaler: Any = scaler
+        self._step = scaler.step  # the bound method (or an outer watch's wrapper)
+
+        def step(optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+            before = recorder._post_calls
+            out = self._step(optimizer, *args, **kwargs)
+            if (
+                optimizer is recorder.optimizer
+                and recorder._post_calls == before
+                and not recorder._closed
+            ):
+                recorder.mark_skipped(
+                    "scaler_skip",
+                    "GradScaler found inf/NaN gradients (fp16 overflow): the optimizer step was "
+                    "not taken and the loss scale backs off",
+                    data={"reason": "scaler_overflow", "scale": _scale_of(scaler)},
+                )
+            return out
+
+        self.wrapper = step
+        scaler.step = step
+
+    def remove(self) -> None:
+        if self.scaler.__dict__.get("step") is not self.wrapper:
+            return  # wrapped again after us: our wrapper stays in the chain and passes through
+        if getattr(self._step, "__self__", None) is self.scaler:
+            delattr(self.scaler, "step")  # the class's own method again
+        else:
+            self.scaler.step = self._step
+
+
+def _scale_of(scaler: Any) -> float | None:
+    """The scale that overflowed (read before ``scaler.update()``; one read, skips are rare)."""
+    try:
+        return float(scaler.get_scale())
+    except Exception:
+        return None
