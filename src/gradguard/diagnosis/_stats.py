@@ -61,7 +61,13 @@ def theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def spikes(
-    values: np.ndarray, *, window: int, ratio: float, z: float, min_points: int = 5
+    values: np.ndarray,
+    *,
+    window: int,
+    ratio: float,
+    z: float,
+    min_points: int = 5,
+    extreme: float = math.inf,
 ) -> np.ndarray:
     """Indices where ``values`` jump above their trailing median (log-scale robust z-score).
 
@@ -70,10 +76,12 @@ def spikes(
     ``window`` finite positive points before it (at least ``min_points`` needed; the rules pass
     ``DiagnosisConfig.spike_min_points``). Non-finite and non-positive
     points are skipped. Vectorised over sliding windows (in chunks), so it stays cheap online.
+    A jump of >= ``extreme`` x the median of at least 2 points before it is a spike however few
+    points there are (the first steps of a run: no noise estimate is needed for a 1000x jump).
     """
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     ok = np.flatnonzero(np.isfinite(v) & (v > 0))
-    if len(ok) <= min_points or window < 1:
+    if len(ok) < 3 or window < 1:
         return np.zeros(0, dtype=np.int64)
     x = np.log(v[ok])
     padded = np.concatenate([np.full(window, np.nan), x])
@@ -82,13 +90,15 @@ def spikes(
     for a in range(0, len(x), chunk):
         b = min(len(x), a + chunk)
         prev = np.lib.stride_tricks.sliding_window_view(padded[a : b + window - 1], window)
-        enough = np.sum(np.isfinite(prev), axis=1) >= min_points
+        count = np.sum(np.isfinite(prev), axis=1)
+        enough = count >= min_points
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             med = np.nanmedian(prev, axis=1)
             mad = 1.4826 * np.nanmedian(np.abs(prev - med[:, None]), axis=1)
         d = x[a:b] - med
         hit = enough & (d >= math.log(ratio)) & (d >= z * np.maximum(mad, 1e-12))
+        hit |= (count >= 2) & (d >= math.log(extreme))
         hits.append(ok[a:b][hit])
     return np.concatenate(hits).astype(np.int64)
 

@@ -68,6 +68,9 @@ class DiagnosisConfig:
     # A gradient-norm spike is a warning from spike_warning x its running median on (below: an
     # info note; healthy LSTM language models measured single 10-15x jumps).
     spike_warning: float = 100.0
+    # A jump of >= spike_extreme x the median of the points before it is a spike from the third
+    # recorded point on (no noise estimate needed; the start of a run is where blow-ups hide).
+    spike_extreme: float = 1000.0
     spike_z: float = 8.0
     spike_window: int = 20
     # Finite positive points needed in the trailing window before a spike can be called (the
@@ -197,6 +200,7 @@ class DiagnosisConfig:
         for name in (
             "spike_ratio",
             "spike_warning",
+            "spike_extreme",
             "loss_spike_ratio",
             "time_growth_warning",
             "weight_growth",

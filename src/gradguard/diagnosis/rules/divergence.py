@@ -15,7 +15,7 @@ import numpy as np
 
 from gradguard.diagnosis._stats import spikes
 from gradguard.diagnosis.finding import Finding, Severity
-from gradguard.diagnosis.rules._loss import LossTrack, loss_track
+from gradguard.diagnosis.rules._loss import LossTrack, finite_loss, loss_track
 from gradguard.diagnosis.view import RunView
 from gradguard.format import number
 
@@ -35,74 +35,80 @@ def _episode(track: LossTrack, mask: np.ndarray) -> tuple[int, int] | None:
 
 def check(view: RunView) -> list[Finding]:
     cfg = view.config
-    track = loss_track(view)
-    if track is None:
+    steps, loss = finite_loss(view)
+    if len(loss) < 3:
         return []
-    steps, smooth = track.steps, track.smooth
+    track = loss_track(view)  # None below min_loss_points: only extreme spikes are judged then
     parts: list[str] = []
     severity: Severity | None = None
     early = False
+    above = rise = None
 
     def raise_to(s: Severity) -> None:
         nonlocal severity
         severity = s if severity is None or s > severity else severity
 
-    a, b = track.start_steps
-    start_txt = f"its start {number(track.start)} (steps {a}..{b})"
-    above = _episode(track, track.above_start)
-    if above is not None:
-        first, worst = above
-        ends_above = bool(track.above_start[-1])
-        huge = track.start > 0 and smooth[worst] >= cfg.divergence_critical * track.start
-        raise_to(Severity.CRITICAL if ends_above or huge else Severity.WARNING)
-        early = first <= max(cfg.start_steps, track.window) + track.window
-        if ends_above:
-            parts.append(
-                f"the smoothed loss ended above {start_txt}: {number(track.end)} at step "
-                f"{int(steps[-1])}, first clearly above at step {int(steps[first])}, "
-                f"worst {number(float(smooth[worst]))} at step {int(steps[worst])}"
+    if track is not None:
+        smooth = track.smooth
+        a, b = track.start_steps
+        start_txt = f"its start {number(track.start)} (steps {a}..{b})"
+        above = _episode(track, track.above_start)
+        if above is not None:
+            first, worst = above
+            ends_above = bool(track.above_start[-1])
+            huge = track.start > 0 and smooth[worst] >= cfg.divergence_critical * track.start
+            raise_to(Severity.CRITICAL if ends_above or huge else Severity.WARNING)
+            early = first <= max(cfg.start_steps, track.window) + track.window
+            if ends_above:
+                parts.append(
+                    f"the smoothed loss ended above {start_txt}: {number(track.end)} at step "
+                    f"{int(steps[-1])}, first clearly above at step {int(steps[first])}, "
+                    f"worst {number(float(smooth[worst]))} at step {int(steps[worst])}"
+                )
+            else:
+                parts.append(
+                    f"the smoothed loss rose above {start_txt} from step {int(steps[first])} "
+                    f"(worst {number(float(smooth[worst]))} at step {int(steps[worst])}) and came "
+                    f"back to {number(track.end)} by step {int(steps[-1])}"
+                )
+        # a rise from the best level reached: only reported where it is not already the rise above
+        # the start (same episode, one sentence)
+        rise_mask = track.risen & ~track.above_start
+        rise = _episode(track, rise_mask)
+        if rise is not None:
+            first, worst = rise
+            best = float(track.best_so_far[first])
+            ratio = float(smooth[worst]) / best if best > 0 else float("nan")
+            raise_to(
+                Severity.CRITICAL
+                if best > 0 and ratio >= cfg.divergence_critical
+                else Severity.WARNING
             )
-        else:
+            still = bool(track.risen[-1])
             parts.append(
-                f"the smoothed loss rose above {start_txt} from step {int(steps[first])} "
-                f"(worst {number(float(smooth[worst]))} at step {int(steps[worst])}) and came "
-                f"back to {number(track.end)} by step {int(steps[-1])}"
+                f"the smoothed loss rose from its best {number(best)} to "
+                f"{number(float(smooth[worst]))} at step {int(steps[worst])} "
+                + (f"({number(ratio)}x), " if best > 0 else "")
+                + f"first clearly at step {int(steps[first])}"
+                + ("" if still else f", back to {number(track.end)} by step {int(steps[-1])}")
             )
-    # a rise from the best level reached: only reported where it is not already the rise above
-    # the start (same episode, one sentence)
-    rise_mask = track.risen & ~track.above_start
-    rise = _episode(track, rise_mask)
-    if rise is not None:
-        first, worst = rise
-        best = float(track.best_so_far[first])
-        ratio = float(smooth[worst]) / best if best > 0 else float("nan")
-        raise_to(
-            Severity.CRITICAL if best > 0 and ratio >= cfg.divergence_critical else Severity.WARNING
-        )
-        still = bool(track.risen[-1])
-        parts.append(
-            f"the smoothed loss rose from its best {number(best)} to "
-            f"{number(float(smooth[worst]))} at step {int(steps[worst])} "
-            + (f"({number(ratio)}x), " if best > 0 else "")
-            + f"first clearly at step {int(steps[first])}"
-            + ("" if still else f", back to {number(track.end)} by step {int(steps[-1])}")
-        )
     hits = spikes(
-        np.abs(track.loss),
+        np.abs(loss),
         window=cfg.spike_window,
         ratio=cfg.loss_spike_ratio,
         z=cfg.spike_z,
         min_points=cfg.spike_min_points,
+        extreme=cfg.spike_extreme,
     )
     if len(hits):
         raise_to(Severity.WARNING)
         parts.append(
             f"single loss values spiked {len(hits)} time(s), first at step {int(steps[hits[0]])} "
-            f"({number(float(track.loss[hits[0]]))})"
+            f"({number(float(loss[hits[0]]))})"
         )
-    tail = track.loss[-max(cfg.min_loss_points, len(track.loss) // 4) :]
+    tail = loss[-max(cfg.min_loss_points, len(loss) // 4) :]
     d = np.diff(tail)
-    if len(d) >= 3:
+    if track is not None and len(d) >= 3:
         alternation = float(np.mean(np.sign(d[1:]) * np.sign(d[:-1]) < 0))
         amplitude = float(np.median(np.abs(d)) / max(float(np.median(np.abs(tail))), 1e-12))
         if alternation >= cfg.oscillation_alternation and amplitude >= cfg.oscillation_amplitude:
@@ -114,12 +120,15 @@ def check(view: RunView) -> list[Finding]:
             )
     if severity is None:
         return []
+    onset = [int(steps[e[0]]) for e in (above, rise) if e is not None]
+    onset += [int(steps[hits[0]])] if len(hits) else []
     return [
         Finding(
             kind=KIND,
             severity=severity,
             layers=(),
-            steps=(int(steps[0]), int(steps[-1])),
+            # from where it began (a rise or the first spike) to the last step judged
+            steps=(min(onset, default=int(steps[0])), int(steps[-1])),
             evidence="; ".join(parts),
             cause=(
                 "Steps overshoot: with a learning rate too large for the loss surface's curvature "
@@ -133,10 +142,10 @@ def check(view: RunView) -> list[Finding]:
             ),
             remedies=view.remedies(KIND, spike=bool(len(hits)), early=early),
             data={
-                "loss_start": track.start,
-                "loss_end": track.end,
-                "loss_best": float(np.min(track.best_so_far)),
-                "ended_above_start": bool(track.above_start[-1]),
+                "loss_start": track.start if track is not None else float(loss[0]),
+                "loss_end": track.end if track is not None else float(loss[-1]),
+                "loss_best": float(np.min(track.best_so_far)) if track is not None else None,
+                "ended_above_start": bool(track.above_start[-1]) if track is not None else False,
                 "onset_step": int(steps[min(i for i in (above, rise) if i is not None)[0]])
                 if above is not None or rise is not None
                 else None,

@@ -135,6 +135,7 @@ def check_time(view: RunView) -> list[Finding]:
     parts: list[str] = []
     severity: Severity | None = None
     data: dict[str, object] = {}
+    onsets: list[int] = []  # steps where a warning-level sign began
 
     def raise_to(s: Severity) -> None:
         nonlocal severity
@@ -150,6 +151,9 @@ def check_time(view: RunView) -> list[Finding]:
         peak = int(np.argmax(trail))
         growth = float(np.exp(trail[peak]) / base) if base > 0 else math.inf
         data["growth"] = growth
+        if growth >= cfg.time_growth_warning and base > 0:
+            over = np.flatnonzero(np.exp(trail) / base >= cfg.time_growth_warning)
+            onsets.append(int(steps[int(over[0]) + win - 1]))
         typical = float(np.median(g))
         data["peak_over_typical"] = (
             float(np.exp(trail[peak])) / typical if typical > 0 else math.inf
@@ -168,6 +172,7 @@ def check_time(view: RunView) -> list[Finding]:
         ratio=cfg.spike_ratio,
         z=cfg.spike_z,
         min_points=cfg.spike_min_points,
+        extreme=cfg.spike_extreme,
     )
     if len(hits):
         prev_med = np.asarray([float(np.median(g[max(0, i - cfg.spike_window) : i])) for i in hits])
@@ -183,6 +188,8 @@ def check_time(view: RunView) -> list[Finding]:
             f"at step {int(steps[hits[worst]])}"
         )
         data["spike_steps"] = [int(steps[i]) for i in hits]
+        if float(jump[worst]) >= cfg.spike_warning:
+            onsets.append(int(steps[hits[0]]))
         typical = float(np.median(g))
         data["spike_over_typical"] = float(np.max(g[hits])) / typical if typical > 0 else math.inf
     wsteps, w = view.metric(WEIGHT_NORM)
@@ -220,7 +227,10 @@ def check_time(view: RunView) -> list[Finding]:
             kind=KIND,
             severity=severity,
             layers=(),
-            steps=(int(steps[0]), int(steps[-1])) if len(steps) else view.step_range(WEIGHT_NORM),
+            # from where it began (the first warning-level spike or growth) to the last step
+            steps=(min(onsets, default=int(steps[0])), int(steps[-1]))
+            if len(steps)
+            else view.step_range(WEIGHT_NORM),
             evidence="; ".join(parts),
             cause=_CAUSE_TIME,
             remedies=view.remedies(KIND, spike=bool(len(hits))),
