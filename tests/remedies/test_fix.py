@@ -15,7 +15,7 @@ import gradguard as gg
 import gradguard.remedies.fix as fixmod
 from gradguard.errors import GradguardError
 from gradguard.lab.data import digits
-from gradguard.remedies.fix import _insert_norm_, _swap_saturating_
+from gradguard.remedies.fix import Skip, _add_skips_, _insert_norm_, _swap_saturating_
 
 
 def mlp(depth: int, act: type[nn.Module], sw2: float | None = None) -> nn.Sequential:
@@ -139,12 +139,29 @@ def test_architecture_changes_happen_on_a_copy(data) -> None:
     before = state(model)
     report = gg.fix(model, data.x_train[:64], allow_architecture_changes=True)
     assert report.needs_architecture_change
-    assert report.changed in {"relu", "norm", "relu+norm"}
+    assert report.changed in {"relu", "norm", "relu+norm", "residual", "relu+residual"}
     assert report.model is not model
     assert report.after.trainability.probability > report.before.trainability.probability
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the original is untouched
     assert accuracy_after_training(report.model, data) > accuracy_after_training(model, data) + 0.2
+
+
+def test_skips_wrap_shape_preserving_pairs_only(data) -> None:
+    model = mlp(5, nn.Tanh)  # Linear(64, 32) keeps no shape; the four Linear(32, 32) do
+    reference = mlp(5, nn.Tanh)
+    assert _add_skips_(model) == 4
+    skips = [m for m in model.modules() if isinstance(m, Skip)]
+    assert len(skips) == 4 and all(s.scale == pytest.approx(0.5) for s in skips)
+    x = data.x_train[:8]
+    h = torch.tanh(reference[0](x))
+    for i in range(1, 5):  # x + tanh(W x + b) / sqrt(4), by hand
+        lin = reference[2 * i]
+        h = h + 0.5 * torch.tanh(lin(h))
+    expected = reference[10](h)
+    assert torch.allclose(model(x), expected, atol=1e-6)
+    with pytest.raises(GradguardError, match="shape-preserving"):
+        _add_skips_(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
 
 
 @pytest.mark.parametrize(
