@@ -124,3 +124,15 @@ def test_report_shows_and_serialises_the_verdict(batch) -> None:
     assert d["trainability"]["trainable"] is False
     assert set(d["trainability"]["numbers"]) == set(FEATURES)
     assert d["trainability"]["probability"] == pytest.approx(report.trainability.probability)
+
+
+def test_signals_read_the_logits_of_a_dict_output() -> None:
+    x = torch.randn(16, 8)
+    plain = signals([], grad_ratio=1.0, inputs=x, output=x * 2.0, jacobian_msv=None)
+    wrapped = signals([], grad_ratio=1.0, inputs=x, output={"logits": x * 2.0}, jacobian_msv=None)
+    assert wrapped["scramble"] == pytest.approx(plain["scramble"])
+    assert wrapped["collapse"] == pytest.approx(plain["collapse"])
+    tokens = signals(
+        [], grad_ratio=1.0, inputs=torch.arange(16).view(16, 1), output=x, jacobian_msv=None
+    )
+    assert math.isnan(tokens["scramble"])  # integer inputs have no cosines

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from gradguard.format import number, percent
+from gradguard.model.tensors import first_tensor
 from gradguard.preflight import _calibration as cal
 
 __all__ = ["FEATURES", "PROBE_FEATURES", "Trainability", "signals", "verdict"]
@@ -166,7 +167,7 @@ def signals(
     lq = _log10(hidden[-1] / hidden[0]) if len(hidden) >= 2 and hidden[0] > 0 else math.nan
     if len(hidden) >= 2 and hidden[0] == 0:
         lq = -_CAP
-    x, y = _per_example(inputs), _per_example(output)
+    x, y = _per_example(inputs), _per_example(first_tensor(output))
     spread = _spread(y) if y is not None else math.nan
     sat = [r.sat_frac for r in rows if math.isfinite(r.sat_frac)]
     dead = [r.dead_frac for r in rows if math.isfinite(r.dead_frac)]
