@@ -564,13 +564,14 @@ def _fix(
         if math.isfinite(p) and name in _SKIPS and (best_skip is None or p > best_skip[0]):
             best_skip = (p, trial, att, rep)
     needs_arch = not init_ok
-    if best_skip is not None and not (best is not None and best[2].trainable):
-        # Nothing reaches the threshold. The verdict, calibrated on plain stacks, cannot rank a
-        # skip connection against the other changes; trained, the skips win on deep plain stacks
-        # (docs/check.md): take the best of them.
+    prefer_skip = best_skip is not None and not (best is not None and best[2].trainable)
+    if prefer_skip:
+        # Nothing reaches the threshold. The verdict, calibrated on plain stacks at a short
+        # budget, cannot rank a skip connection against the original or the other changes;
+        # trained, the skips win on deep plain stacks (docs/check.md): take the best of them.
         best = best_skip
     p0 = before.trainability.probability if before.trainability else math.nan
-    if best is None or not best[0] > p0:
+    if best is None or not (best[0] > p0 or prefer_skip):
         why = (
             "no remedy tried raises the check's probability that it trains; the model is unchanged"
         )
