@@ -31,6 +31,7 @@ _LAZY = {
     "check": "gradguard.preflight",
     "CheckReport": "gradguard.preflight",
     "init_": "gradguard.remedies.init",
+    "fix": "gradguard.remedies.fix",
     "Guard": "gradguard.remedies.guard",
     "locate_nonfinite": "gradguard.remedies.locate",
     "GradguardError": "gradguard.errors",

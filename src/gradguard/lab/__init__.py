@@ -39,6 +39,7 @@ EXPERIMENTS: dict[str, str] = {
     "exploding_training": "A run that diverges to NaN vs clipping, lower LR, weight decay, Adam",
     "recurrent": "Adding problem: gradient through time of RNN vs LSTM vs GRU; exploding RNN + clipping",
     "residual_depth": "Plain vs residual MLPs at depths 10, 30, 100: gradient at init and trainability",
+    "fix_untrainable": "Untrainable MLPs: gg.check's verdict, gg.fix's remedy, training before/after",
 }
 
 

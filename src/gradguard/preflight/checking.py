@@ -36,8 +36,10 @@ from gradguard.model.layers import discover_layers
 from gradguard.model.tensors import call_model, default_loss, first_tensor
 from gradguard.preflight.jacobian import JacobianStats, jacobian_stats
 from gradguard.preflight.observe import Observed, observe_forward
+from gradguard.preflight.probe import probe
 from gradguard.preflight.report import CheckReport, LayerRow
 from gradguard.preflight.state import PreservedState
+from gradguard.preflight.trainable import signals, verdict
 from gradguard.preflight.verdict import MIN_ROWS_FOR_DEAD, VERDICTS, findings_for
 
 __all__ = ["check"]
@@ -67,6 +69,7 @@ def check(
     target: Any = None,
     jacobian: bool = True,
     seed: int = 0,
+    probe_steps: int = 0,
 ) -> CheckReport:
     """Preflight a model at its current weights: signals, gradients, Jacobian, verdict.
 
@@ -79,6 +82,9 @@ def check(
         target: passed to ``loss_fn``.
         jacobian: estimate the input-output Jacobian spectrum (float tensor input only).
         seed: seed of the private generator for the projection and the probes.
+        probe_steps: K > 0 adds a short trial to the trainability verdict: K Adam steps on
+            ``example_input`` at learning rates 1e-3 and 1e-2, the weights put back after each
+            (:mod:`gradguard.preflight.probe`). Needs ``loss_fn`` (and ``target``): the real task.
 
     Returns:
         A :class:`CheckReport`.
@@ -87,6 +93,13 @@ def check(
         GradguardError: not a module, no parameters, the input does not fit the model, or the
             loss is not a scalar.
     """
+    if isinstance(probe_steps, bool) or not isinstance(probe_steps, int) or probe_steps < 0:
+        raise GradguardError(f"probe_steps must be an int >= 0, got {probe_steps!r}; e.g. 20")
+    if probe_steps and loss_fn is None:
+        raise GradguardError(
+            "probe_steps needs the real task: pass loss_fn (and target), e.g. "
+            "loss_fn=torch.nn.functional.cross_entropy, target=labels"
+        )
     layers = discover_layers(model)
     gen = torch.Generator().manual_seed(seed)
     state = PreservedState(model)
@@ -134,6 +147,17 @@ def check(
             jacobian_msv=jac.mean_sq_singular_value if jac else None,
             has_norm=any(isinstance(m, _NORMS) for m in model.modules()),
         )
+        numbers = signals(
+            rows,
+            grad_ratio=grad_ratio,
+            inputs=example_input,
+            output=obs.output,
+            jacobian_msv=jac.mean_sq_singular_value if jac else None,
+        )
+        if probe_steps and not nonfinite:
+            assert loss_fn is not None
+            state.restore_rng()
+            numbers["probe"] = probe(model, example_input, loss_fn, target, steps=probe_steps)
         return CheckReport(
             layers=tuple(rows),
             jacobian=jac,
@@ -143,6 +167,7 @@ def check(
             grad_ratio=grad_ratio,
             backward_gain=gain,
             notes=tuple(notes),
+            trainability=verdict(numbers, nonfinite=nonfinite),
         )
     finally:
         state.restore()

@@ -11,6 +11,7 @@ from gradguard.diagnosis.finding import Finding
 from gradguard.format import MISSING, number, percent
 from gradguard.metrics import ACT_STD, GRAD_RMS
 from gradguard.preflight.jacobian import JacobianStats
+from gradguard.preflight.trainable import Trainability
 
 __all__ = ["CheckReport", "LayerRow"]
 
@@ -74,6 +75,8 @@ class CheckReport:
         backward_gain: exp(-slope) of log act_grad_norm fitted against depth: the average factor
             by which the gradient grows per layer going backwards.
         notes: what was skipped and why.
+        trainability: will it train? the calibrated verdict, its confidence, reasons and numbers
+            (:mod:`gradguard.preflight.trainable`); ``report.trainable`` is its yes/no.
     """
 
     layers: tuple[LayerRow, ...]
@@ -84,6 +87,17 @@ class CheckReport:
     grad_ratio: float
     backward_gain: float
     notes: tuple[str, ...] = field(default=())
+    trainability: Trainability | None = None
+
+    @property
+    def trainable(self) -> bool | None:
+        """True/False: will this network, as initialised, train (None: not assessed)."""
+        return None if self.trainability is None else self.trainability.trainable
+
+    @property
+    def confidence(self) -> float:
+        """How sure the trainability verdict is, 0.5..1 (nan: not assessed)."""
+        return _NAN if self.trainability is None else self.trainability.confidence
 
     def to_dict(self) -> dict[str, Any]:
         def num(v: float) -> float | None:
@@ -91,6 +105,7 @@ class CheckReport:
 
         return {
             "verdict": self.verdict,
+            "trainability": self.trainability.to_dict() if self.trainability else None,
             "loss": num(self.loss),
             "grad_ratio": num(self.grad_ratio),
             "backward_gain": num(self.backward_gain),
@@ -101,7 +116,10 @@ class CheckReport:
         }
 
     def _summary(self) -> str:
-        parts = [f"verdict: {self.verdict}", f"grad ratio first/last {number(self.grad_ratio)}"]
+        parts = [f"verdict: {self.verdict}"]
+        if self.trainability is not None:
+            parts.append(str(self.trainability))
+        parts += [f"grad ratio first/last {number(self.grad_ratio)}"]
         parts.append(f"backward gain/layer {number(self.backward_gain)}")
         if self.jacobian is not None:
             parts.append(
@@ -110,11 +128,18 @@ class CheckReport:
             )
         return " | ".join(parts)
 
+    def _reasons(self) -> list[str]:
+        t = self.trainability
+        if t is None:
+            return []
+        head = "why it should train" if t.trainable else "why it will not train"
+        return [f"{head}:", *(f"  - {r}" for r in t.reasons)]
+
     def __str__(self) -> str:
         cols = _columns(self)
         widths = [max(len(h), *(len(c[i]) for c in cols[1])) for i, h in enumerate(cols[0])]
         line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-        out = [line(cols[0]), *(line(c) for c in cols[1]), "", self._summary()]
+        out = [line(cols[0]), *(line(c) for c in cols[1]), "", self._summary(), *self._reasons()]
         out += [str(f) for f in self.findings]
         out += [f"note: {n}" for n in self.notes]
         return "\n".join(out)
@@ -145,6 +170,8 @@ class CheckReport:
         color = "green" if self.verdict == "healthy" else "red"
         yield table
         yield Text(self._summary(), style=f"bold {color}")
+        for r in self._reasons():
+            yield Text(r)
         yield from self.findings
         for n in self.notes:
             yield Text(f"note: {n}", style="dim")
