@@ -8,8 +8,9 @@ The rules judge one question each; a few of their answers can only be read toget
 - **a gradient norm that grows or jumps while a vanishing net escapes its initialisation**: the
   first steps' norms are tiny, so any later norm looks like growth or a spike. When the norm only
   rose to the run's typical level (within ``spike_ratio`` of its median: the rule's ``recovery``
-  flag), no weight grew, and the loss neither diverged nor became non-finite, this is recovery,
-  not an explosion: it is folded into the vanishing finding's evidence.
+  flag; weights that grew from a tiny init count alike), and the loss neither diverged nor became
+  non-finite, this is recovery, not an explosion: it is folded into the vanishing finding's
+  evidence.
 
 Used by :func:`gradguard.diagnosis.diagnose` and by online diagnosis, so both tell the same story.
 """
