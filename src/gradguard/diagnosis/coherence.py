@@ -21,6 +21,7 @@ import math
 from dataclasses import replace
 
 from gradguard.diagnosis.finding import Finding, Severity
+from gradguard.diagnosis.rules import divergence, nonfinite
 
 __all__ = ["reconcile"]
 
@@ -41,7 +42,8 @@ def reconcile(findings: list[Finding]) -> list[Finding]:
     if vanishing is None:
         return list(findings)
     loss_broke = any(
-        f.kind in ("divergence", "nonfinite") and f.severity >= Severity.WARNING for f in findings
+        f.kind in (divergence.KIND, nonfinite.KIND) and f.severity >= Severity.WARNING
+        for f in findings
     )
     notes: list[str] = []
     drop: set[int] = set()

@@ -153,6 +153,24 @@ class Finding:
             "data": _jsonable(self.data),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        """The inverse of :meth:`to_dict` (a finding stored as an event's data)."""
+        steps = d.get("steps")
+        return cls(
+            kind=str(d["kind"]),
+            severity=Severity(d["severity"]),
+            layers=tuple(d.get("layers") or ()),
+            steps=(int(steps[0]), int(steps[1])) if steps else None,
+            evidence=str(d.get("evidence", "")),
+            cause=str(d.get("cause", "")),
+            remedies=tuple(
+                Remedy(name=r["name"], why=r.get("why", ""), how=r.get("how", ""))
+                for r in d.get("remedies") or ()
+            ),
+            data=dict(d.get("data") or {}),
+        )
+
 
 def _jsonable(x: Any) -> Any:
     """Turn numpy scalars/arrays and tuples into plain JSON types (NaN/Inf become None)."""
