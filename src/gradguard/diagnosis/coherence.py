@@ -12,6 +12,10 @@ The rules judge one question each; a few of their answers can only be read toget
   non-finite, this is recovery, not an explosion: it is folded into the vanishing finding's
   evidence.
 
+- **weights that grow while the loss keeps improving** (cross-entropy logits grow as the loss goes
+  to zero; a tiny init grows back): without a growing gradient, a warning-level spike or a broken
+  loss, weight growth alone is an info note.
+
 Used by :func:`gradguard.diagnosis.diagnose` and by online diagnosis, so both tell the same story.
 """
 
@@ -36,15 +40,37 @@ def _magnitude(f: Finding) -> float:
     return max(logs, default=0.0)
 
 
+def _weights_only(f: Finding) -> bool:
+    """An over-time exploding finding whose only warning-level sign is weight growth."""
+    d = f.data
+    grew = float(d.get("growth", 0.0) or 0.0) >= float(d.get("growth_warning", math.inf))
+    spiked = bool(d.get("spike_warned"))
+    return bool(d.get("weight_growth")) and not grew and not spiked
+
+
 def reconcile(findings: list[Finding]) -> list[Finding]:
     """The findings with contradictions resolved (order kept)."""
-    vanishing = next((f for f in findings if f.kind == _VANISHING), None)
-    if vanishing is None:
-        return list(findings)
     loss_broke = any(
         f.kind in (divergence.KIND, nonfinite.KIND) and f.severity >= Severity.WARNING
         for f in findings
     )
+    if not loss_broke:  # weights that grew while the loss kept improving: a note, not an alarm
+        findings = [
+            replace(
+                f,
+                severity=Severity.INFO,
+                evidence=f"{f.evidence} (the loss kept improving and the gradient did not grow)",
+            )
+            if f.kind == _EXPLODING
+            and not f.layers
+            and f.severity > Severity.INFO
+            and _weights_only(f)
+            else f
+            for f in findings
+        ]
+    vanishing = next((f for f in findings if f.kind == _VANISHING), None)
+    if vanishing is None:
+        return list(findings)
     notes: list[str] = []
     drop: set[int] = set()
     for f in findings:

@@ -151,6 +151,7 @@ def check_time(view: RunView) -> list[Finding]:
         peak = int(np.argmax(trail))
         growth = float(np.exp(trail[peak]) / base) if base > 0 else math.inf
         data["growth"] = growth
+        data["growth_warning"] = cfg.time_growth_warning
         if growth >= cfg.time_growth_warning and base > 0:
             over = np.flatnonzero(np.exp(trail) / base >= cfg.time_growth_warning)
             onsets.append(int(steps[int(over[0]) + win - 1]))
@@ -181,7 +182,8 @@ def check_time(view: RunView) -> list[Finding]:
         worst = int(np.argmax(jump))
         # a lone jump of less than spike_warning x that the loss shrugged off is worth a note,
         # not an alarm (healthy LSTMs show 10-15x jumps); larger ones warn
-        raise_to(Severity.WARNING if float(jump[worst]) >= cfg.spike_warning else Severity.INFO)
+        data["spike_warned"] = float(jump[worst]) >= cfg.spike_warning
+        raise_to(Severity.WARNING if data["spike_warned"] else Severity.INFO)
         parts.append(
             f"{GRAD_NORM_TOTAL} spiked {len(hits)} time(s), first at step {int(steps[hits[0]])}; "
             f"largest {number(float(jump[worst]))}x its running median "
