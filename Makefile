@@ -11,6 +11,8 @@ $(BIN)/gradguard: pyproject.toml
 	# torch first, pinned below 2.14 so pip takes the CPU wheel on this machine's disk
 	$(BIN)/pip install -q 'torch>=2.4,<2.14'
 	$(BIN)/pip install -q -e '.[dev]'
+	# tests/keras: Keras 3 with the CPU builds of TensorFlow and JAX (about 30 s of pip)
+	$(BIN)/pip install -q -e '.[keras-ci]'
 	touch $(BIN)/gradguard
 
 demo: $(BIN)/gradguard

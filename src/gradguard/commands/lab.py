@@ -31,6 +31,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
+        "--framework",
+        choices=["torch", "keras"],
+        default=None,
+        help="depth_sweep only: build the nets in torch (default) or Keras 3 (gradguard[keras])",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -114,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[bold]{name}[/bold]  {text}")
         return 0
     options = {"threads": args.threads, **parse_options(args.options)}
+    if args.framework is not None:
+        options["framework"] = args.framework
     result = lab.run_experiment(
         args.name, quick=args.quick, out=args.out, quiet=args.quiet, **options
     )
