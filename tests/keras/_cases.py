@@ -399,6 +399,111 @@ def case_lab() -> dict[str, Any]:
     return {"code": code, "torch": torch_rows, "keras": keras_rows}
 
 
+def case_custom_loop(work: Path) -> dict[str, Any]:
+    """gg.keras.watch on a hand-written compiled train step (tf.function on TensorFlow, an eager
+    step elsewhere): per-layer norms of step 0 vs the reference, the loss recorded inside the
+    step, and the host reads of 12 steps with flush_every=5 (flushes at 5, 10 and close)."""
+    x, y = digits(96)
+    keras.utils.set_random_seed(8)
+    model = residual()
+    opt = keras.optimizers.SGD(0.05)
+    opt.build(model.trainable_variables)
+    w0 = weights(model)
+    ref, ref_loss = reference(model, x[:8], y[:8])
+    restore(model, w0)
+    lf = loss_fn()
+    mon = gg.keras.watch(model, opt, store=work / "loop.db", flush_every=5, detail_every=1)
+
+    def step(xb: Any, yb: Any) -> None:
+        if BACKEND == "tensorflow":
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                loss = lf(yb, model(xb, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+        else:
+            grads_ref = reference_grads(model, xb, yb)
+            loss, grads = grads_ref
+        opt.apply(grads, model.trainable_variables)
+        mon.record_loss(loss)
+
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        step = tf.function(step)  # type: ignore[assignment]
+    with mon:
+        for i in range(12):
+            step(x[8 * i : 8 * i + 8], y[8 * i : 8 * i + 8])
+            mon.step()
+        reads_before_close = mon.host_reads
+    run = gg.load(work / "loop.db")
+    steps, vals = run.metric(GRAD_NORM)
+    ls, lv = run.scalar(LOSS)
+    names = [lay.name for lay in run.layers]
+    return {
+        "steps": steps.tolist(),
+        "got": {n: float(vals[0, i]) for i, n in enumerate(names)},
+        "ref": ref,
+        "loss": float(lv[0]),
+        "ref_loss": ref_loss,
+        "reads_before_close": reads_before_close,
+        "failures": dict(mon.failures),
+        "unwrapped": "apply" not in opt.__dict__,
+    }
+
+
+def reference_grads(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[Any, list[Any]]:
+    """(loss, gradients) of one batch, eager, for the non-TensorFlow custom loop."""
+    variables = model.trainable_variables
+    if BACKEND == "jax":
+        import jax
+
+        frozen = [v.value for v in model.non_trainable_variables]
+
+        def f(tv: list[Any]) -> Any:
+            out, _ = model.stateless_call(tv, frozen, x, training=True)
+            return loss_fn()(y, out)
+
+        return jax.value_and_grad(f)([v.value for v in variables])
+    import torch
+
+    loss = loss_fn()(torch.as_tensor(y), model(torch.as_tensor(x), training=True))
+    return loss, list(torch.autograd.grad(loss, [v.value for v in variables]))
+
+
+def case_failure_isolated() -> dict[str, Any]:
+    """A statistics kernel that raises: fit trains anyway (the weights move, the loss is finite),
+    the part is reported once and switched off."""
+    import warnings
+
+    import gradguard.keras._recorder as recorder
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected failure")
+
+    x, y = digits(64)
+    keras.utils.set_random_seed(9)
+    model = dense()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss_fn())
+    w0 = weights(model)
+    original = recorder.layer_rows
+    recorder.layer_rows = broken
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cb = Watch(flush_every=2)
+            hist = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
+    finally:
+        recorder.layer_rows = original
+    assert cb.monitor is not None
+    return {
+        "moved": not all(np.array_equal(a, b) for a, b in zip(w0, weights(model))),
+        "loss": [float(v) for v in hist.history["loss"]],
+        "failures": dict(cb.monitor.failures),
+        "warnings": [str(w.message) for w in caught if "gradguard" in str(w.message)],
+    }
+
+
 def case_errors() -> dict[str, str]:
     """Bad input: the message of each GradguardError (or 'no error')."""
     out = {}
@@ -443,6 +548,10 @@ def main() -> None:
                 result[case] = case_host_reads()
             elif case == "store":
                 result[case] = case_store(work)
+            elif case == "custom_loop":
+                result[case] = case_custom_loop(work)
+            elif case == "failure_isolated":
+                result[case] = case_failure_isolated()
             elif case == "lab":
                 result[case] = case_lab()
             elif case == "check":

@@ -95,3 +95,28 @@ def check_lab(lab: dict[str, Any]) -> None:
     # the sweep spans decades: sigmoid + N(0, 0.01^2) vanishes far below ReLU + N(0, 1)
     by = {(r["activation"], r["init"], int(r["depth"])): float(r["grad_first"]) for r in keras_rows}
     assert by[("sigmoid", "N(0, 0.01²)", 10)] < 1e-15 < 1e3 < by[("relu", "N(0, 1)", 10)]
+
+
+def check_custom_loop(loop: dict[str, Any]) -> None:
+    """gg.keras.watch on a hand-written step: reference norms and loss, two flushes of 5 reads
+    before close (steps 5 and 10), monitor removed from the optimizer after close."""
+    import pytest
+
+    assert not loop["failures"]
+    assert loop["steps"] == list(range(12))
+    assert set(loop["got"]) == set(loop["ref"])
+    for layer, ref in loop["ref"].items():
+        assert loop["got"][layer] == pytest.approx(ref, rel=1e-5), layer
+    assert loop["loss"] == pytest.approx(loop["ref_loss"], rel=1e-5)
+    assert loop["reads_before_close"] == 10
+    assert loop["unwrapped"]
+
+
+def check_failure_isolated(iso: dict[str, Any]) -> None:
+    """A failing statistics kernel leaves the training alone and is reported once."""
+    import math
+
+    assert iso["moved"] and all(math.isfinite(v) for v in iso["loss"])
+    assert list(iso["failures"]) == ["gradient statistics"]
+    assert "injected failure" in iso["failures"]["gradient statistics"]
+    assert len(iso["warnings"]) == 1 and "switched off" in iso["warnings"][0]

@@ -10,8 +10,10 @@ import pytest
 from tests.keras._backend import assert_gradients_match, case, run_cases
 from tests.keras.common import (
     check_check,
+    check_custom_loop,
     check_diagnosis,
     check_errors,
+    check_failure_isolated,
     check_host_reads,
     check_store,
 )
@@ -29,6 +31,8 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "store",
         "errors",
         "check",
+        "custom_loop",
+        "failure_isolated",
         "diagnosis",
     )
 
@@ -64,3 +68,11 @@ def test_check_at_init(result: dict[str, Any]) -> None:
     """gg.keras.check: verdicts of the three stacks, weights untouched, dL/dh against the
     backend's autodiff on the tail of the stack."""
     check_check(case(result, "check"))
+
+
+def test_custom_loop_watch(result: dict[str, Any]) -> None:
+    check_custom_loop(case(result, "custom_loop"))
+
+
+def test_a_failing_part_leaves_the_training_alone(result: dict[str, Any]) -> None:
+    check_failure_isolated(case(result, "failure_isolated"))

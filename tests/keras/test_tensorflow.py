@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 
 from tests.keras._backend import assert_gradients_match, case, run_cases
-from tests.keras.common import check_check, check_errors, check_host_reads, check_lab, check_store
+from tests.keras.common import (
+    check_check,
+    check_custom_loop,
+    check_errors,
+    check_failure_isolated,
+    check_host_reads,
+    check_lab,
+    check_store,
+)
 
 BACKEND = "tensorflow"
 
@@ -24,6 +32,8 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "store",
         "errors",
         "check",
+        "custom_loop",
+        "failure_isolated",
         "lab",
     )
 
@@ -64,3 +74,11 @@ def test_lab_depth_sweep_agrees_with_torch(result: dict[str, Any]) -> None:
     per configuration, log10 of the first layer's gradient (geometric mean over seeds) agrees
     within 3 standard errors of the difference (spreads over seeds from both runs) + 0.02."""
     check_lab(case(result, "lab"))
+
+
+def test_custom_loop_watch(result: dict[str, Any]) -> None:
+    check_custom_loop(case(result, "custom_loop"))
+
+
+def test_a_failing_part_leaves_the_training_alone(result: dict[str, Any]) -> None:
+    check_failure_isolated(case(result, "failure_isolated"))
