@@ -196,8 +196,10 @@ class KerasMonitor:
             dense = [g / scale for g in dense]
         before = [_snapshot(v) for _, v in pairs]
         rows = layer_rows(dense, before, mask, self._dtype)
-        step = ops.cast(opt.iterations, "int32")
-        lr = ops.cast(opt.learning_rate, "float32")
+        # copies: the PyTorch backend increments `iterations` in place, and a cast to the same
+        # dtype hands back the tensor itself
+        step = _frozen(ops.cast(opt.iterations, "int32"))
+        lr = _frozen(ops.cast(opt.learning_rate, "float32"))
         return pairs, before, rows, step, lr, mask
 
     def _after(
@@ -233,7 +235,7 @@ class KerasMonitor:
 
             def acts() -> None:  # weights before the update, as in the step's own forward
                 assert self._acts is not None
-                step = ops.cast(self.optimizer.iterations, "int32")
+                step = _frozen(ops.cast(self.optimizer.iterations, "int32"))
                 rows = self._act_rows(data, step)
                 slot = self._count.value % self.slots
                 self._acts.assign(ops.slice_update(self._acts.value, (slot, 0, 0), rows[None]))
@@ -491,6 +493,11 @@ def _snapshot(variable: Any) -> Any:
     if keras.backend.backend() == "jax":
         return variable.value
     return ops.copy(variable.value)
+
+
+def _frozen(tensor: Any) -> Any:
+    """``tensor`` as a value that later in-place updates do not change (JAX arrays never do)."""
+    return tensor if keras.backend.backend() == "jax" else ops.copy(tensor)
 
 
 def _index(variables: list[Any], target: Any) -> int:
