@@ -29,23 +29,16 @@ from keras import ops
 from gradguard.errors import ConfigError, GradguardError
 from gradguard.keras._activations import ACT_ROWS, probe_for
 from gradguard.keras._layers import KerasLayers, discover
-from gradguard.keras._stats import GMAX, GSQ, NONFINITE_ROW, ROWS, USQ, WSQ, layer_rows, update_row
-from gradguard.metrics import (
-    ACT_MEAN,
-    ACT_SAT_FRAC,
-    ACT_STD,
-    ACT_ZERO_FRAC,
-    GRAD_MAX,
-    GRAD_NORM,
-    GRAD_NORM_TOTAL,
-    GRAD_RMS,
-    LOSS,
-    LR,
-    NONFINITE,
-    UPDATE_RATIO,
-    WEIGHT_NORM,
+from gradguard.keras._rows import (
+    COUNT1,
+    SCALARS,
+    TOTAL0,
+    USER_LOSS,
+    add_activations,
+    to_batch,
 )
-from gradguard.record.batch import Batch, Event, Layer
+from gradguard.keras._stats import ROWS, USQ, layer_rows, update_row
+from gradguard.record.batch import Event, Layer
 from gradguard.runs.log import RunLog
 from gradguard.runs.run import Run
 from gradguard.runs.store import Store
@@ -53,10 +46,6 @@ from gradguard.runs.store import Store
 __all__ = ["KerasMonitor", "watch"]
 
 log = logging.getLogger("gradguard")
-
-# Columns of the per-step scalar ring.
-_LR, _TOTAL0, _COUNT0, _TOTAL1, _COUNT1, _USER_LOSS = range(6)
-_SCALARS = 6
 
 
 class KerasMonitor:
@@ -148,7 +137,7 @@ class KerasMonitor:
         self._rows = opt.add_variable(
             (self.slots, ROWS, n_layers), dtype=self._dtype, name="gradguard_rows"
         )
-        self._scalars = opt.add_variable((self.slots, _SCALARS), name="gradguard_scalars")
+        self._scalars = opt.add_variable((self.slots, SCALARS), name="gradguard_scalars")
         self._steps = opt.add_variable((self.slots,), dtype="int32", name="gradguard_steps")
         self._count = opt.add_variable((), dtype="int32", name="gradguard_count")
         self._ring = [self._rows, self._scalars, self._steps, self._count]
@@ -219,7 +208,7 @@ class KerasMonitor:
         count = self._count.value
         slot = count % self.slots
         self._rows.assign(ops.slice_update(self._rows.value, (slot, 0, 0), rows[None]))
-        scal = ops.concatenate([lr[None], ops.full((_SCALARS - 1,), math.nan, "float32")])
+        scal = ops.concatenate([lr[None], ops.full((SCALARS - 1,), math.nan, "float32")])
         self._scalars.assign(ops.slice_update(self._scalars.value, (slot, 0), scal[None]))
         self._steps.assign(ops.slice_update(self._steps.value, (slot,), step[None]))
         self._count.assign(count + 1)
@@ -321,9 +310,9 @@ class KerasMonitor:
         """``scal`` with the tracker's (total, count) before and after written into the row of
         the step that ``apply`` just recorded (``count`` is past it)."""
         slot = (count - 1) % self.slots
-        row = ops.slice(scal, (slot, 0), (1, _SCALARS))[0]
+        row = ops.slice(scal, (slot, 0), (1, SCALARS))[0]
         vals = ops.stack([ops.cast(x, "float32") for x in (t0, c0, t1, c1)])
-        row = ops.concatenate([row[:_TOTAL0], vals, row[_COUNT1 + 1 :]])
+        row = ops.concatenate([row[:TOTAL0], vals, row[COUNT1 + 1 :]])
         return ops.slice_update(scal, (slot, 0), row[None])
 
     def record_loss(self, loss: Any) -> None:
@@ -333,7 +322,7 @@ class KerasMonitor:
         def record() -> None:
             slot = (self._count.value - 1) % self.slots
             value = ops.reshape(ops.cast(ops.mean(loss), "float32"), (1, 1))
-            self._scalars.assign(ops.slice_update(self._scalars.value, (slot, _USER_LOSS), value))
+            self._scalars.assign(ops.slice_update(self._scalars.value, (slot, USER_LOSS), value))
 
         self._guard("loss", record)
 
@@ -398,52 +387,14 @@ class KerasMonitor:
             )
         idx = np.arange(self._read + lost, count) % self.slots
         self._read = count
-        batch = self._batch(rows[idx], scal[idx], steps[idx].astype(np.int64), events)
-        if acts is not None:
-            self._add_activations(batch, acts[idx].astype(np.float64), steps[idx].astype(np.int64))
-        self.run_log.append(batch)
-        return len(idx)
-
-    def _batch(
-        self, rows: np.ndarray, scal: np.ndarray, steps: np.ndarray, events: list[Event]
-    ) -> Batch:
-        rows = rows.astype(np.float64)  # (S, ROWS, L)
-        gsq, wsq = rows[:, GSQ], rows[:, WSQ]
-        metrics = {
-            GRAD_NORM: np.sqrt(gsq),
-            GRAD_RMS: np.sqrt(gsq / self._numel),
-            GRAD_MAX: rows[:, GMAX],
-            WEIGHT_NORM: np.sqrt(wsq),
-            NONFINITE: rows[:, NONFINITE_ROW],
-        }
-        detail = ~np.all(np.isnan(rows[:, USQ]), axis=1)
-        if detail.any():
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.sqrt(rows[detail, USQ]) / np.sqrt(wsq[detail])
-            out: dict[str, tuple[np.ndarray, np.ndarray]] = {UPDATE_RATIO: (steps[detail], ratio)}
-        else:
-            out = {}
-        out.update({m: (steps, v) for m, v in metrics.items()})
-        scal = scal.astype(np.float64)
-        scalars: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            LR: (steps, scal[:, _LR]),
-            GRAD_NORM_TOTAL: (steps, np.sqrt(gsq.sum(axis=1))),
-        }
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fit_loss = (scal[:, _TOTAL1] - scal[:, _TOTAL0]) / (scal[:, _COUNT1] - scal[:, _COUNT0])
-        loss = np.where(np.isnan(scal[:, _USER_LOSS]), fit_loss, scal[:, _USER_LOSS])
-        if np.isfinite(loss).any() or np.isnan(scal[:, _TOTAL1]).sum() < len(loss):
-            scalars[LOSS] = (steps, loss)
+        at = steps[idx].astype(np.int64)
         layers = None if self._layers_sent else list(self.layers)
         self._layers_sent = True
-        return Batch(metrics=out, scalars=scalars, events=events, layers=layers)
-
-    def _add_activations(self, batch: Batch, acts: np.ndarray, steps: np.ndarray) -> None:
-        """ACT_* metrics of the detail steps: ``acts`` (S, ACT_ROWS, L)."""
-        detail = ~np.all(np.isnan(acts[:, 0]), axis=1)
-        if detail.any():
-            for row, metric in enumerate((ACT_MEAN, ACT_STD, ACT_ZERO_FRAC, ACT_SAT_FRAC)):
-                batch.metrics[metric] = (steps[detail], acts[detail, row])
+        batch = to_batch(rows[idx], scal[idx], at, self._numel, events, layers)
+        if acts is not None:
+            add_activations(batch, acts[idx], at)
+        self.run_log.append(batch)
+        return len(idx)
 
     @property
     def run(self) -> Run:
