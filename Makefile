@@ -20,6 +20,8 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
+	# tests/keras: Keras 3 with the CPU builds of TensorFlow and JAX (about 30 s of pip)
+	$(BIN)/pip install -q -e '.[keras-ci]'
 	touch $@
 
 # what .ci/run builds first: the dev environment

@@ -29,10 +29,13 @@ RANK = {
     "diagnosis": 5,
     "report": 6,
     **{top: 7 for top in ("preflight", "remedies")},
-    **{top: 8 for top in ("lab", "integrations", "commands", "cli", "watching", "__main__")},
+    **{
+        top: 8
+        for top in ("lab", "integrations", "keras", "commands", "cli", "watching", "__main__")
+    },
 }
 # the only modules that may import every stage (they compose them)
-COMPOSERS = {"watching", "lab", "integrations", "commands", "cli", "__main__"}
+COMPOSERS = {"watching", "lab", "integrations", "keras", "commands", "cli", "__main__"}
 
 
 def _module_name(path: Path, src: Path = SRC) -> str:

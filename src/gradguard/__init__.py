@@ -38,7 +38,12 @@ _LAZY = {
     "every": "gradguard.record.schedules",
     "log_spaced": "gradguard.record.schedules",
 }
-_SUBMODULES = {"clip": "gradguard.remedies.clip", "theory": "gradguard.theory"}
+# gg.keras needs the keras extra; imported only when used
+_SUBMODULES = {
+    "clip": "gradguard.remedies.clip",
+    "theory": "gradguard.theory",
+    "keras": "gradguard.keras",
+}
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 

@@ -32,6 +32,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
+        "--framework",
+        choices=["torch", "keras"],
+        default=None,
+        help="depth_sweep only: build the nets in torch (default) or Keras 3 (gradguard[keras])",
+    )
+    p.add_argument(
         "--threads",
         type=THREADS,
         default=None,
@@ -170,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[bold]{name}[/bold]  {text}")
         return 0
     options = {"threads": args.threads, **check_options(args.name, parse_options(args.options))}
+    if args.framework is not None:
+        options["framework"] = args.framework
     if args.out:  # made (or refused) now, not after the experiment's minutes
         from gradguard.lab.output import output_dir
 

@@ -28,6 +28,7 @@ __all__ = [
     "Technique",
     "Context",
     "TECHNIQUES",
+    "KERAS_HOW",
     "KINDS",
     "remedies_for",
     "activation_family",
@@ -157,6 +158,32 @@ TECHNIQUES: dict[str, Technique] = {
     )
 }
 
+# The same techniques in Keras 3, for runs recorded from Keras (run config ``framework="keras"``,
+# written by gradguard.keras). A technique missing here reads the same in both frameworks.
+KERAS_HOW: dict[str, str] = {
+    "relu_family": 'activation="relu" (or "elu", "gelu", keras.layers.LeakyReLU(negative_slope=0.01)) in place of "sigmoid"/"tanh"',
+    "leaky_relu": 'keras.layers.LeakyReLU(negative_slope=0.01) (or activation="elu" / "gelu") in place of "relu"',
+    "he_init": 'kernel_initializer="he_normal" on each Dense/Conv layer',
+    "xavier_init": 'kernel_initializer="glorot_uniform" on each Dense/Conv layer',
+    "orthogonal_init": 'recurrent_initializer="orthogonal" (and kernel_initializer="orthogonal")',
+    "lsuv_init": "rescale each layer's kernel until its output variance is 1 on a real batch (LSUV; no Keras built-in)",
+    "batchnorm": "insert keras.layers.BatchNormalization() between each layer and its activation",
+    "layernorm": "insert keras.layers.LayerNormalization() at the input of each block (pre-norm)",
+    "residual": "x = keras.layers.Add()([x, block(x)]) around each block (widths must match)",
+    "gated_rnn": "keras.layers.LSTM(units) or keras.layers.GRU(units) in place of keras.layers.SimpleRNN",
+    "clip_norm": "keras.optimizers.Adam(clipnorm=1.0) (every Keras optimizer takes clipnorm=)",
+    "clip_value": "keras.optimizers.Adam(clipvalue=0.5) (every Keras optimizer takes clipvalue=)",
+    "clip_adaptive": "no Keras built-in: keras.optimizers.Adam(global_clipnorm=...) at a threshold read off the run's own grad_norm_total",
+    "lower_lr": "compile with a 3-10x smaller learning_rate: keras.optimizers.Adam(learning_rate=1e-4)",
+    "lr_warmup": "keras.optimizers.schedules.CosineDecay(0.0, decay_steps, warmup_target=lr, warmup_steps=1000) as learning_rate",
+    "raise_lr": "compile with a 3-10x larger learning_rate while the loss still falls",
+    "adaptive_optimizer": "keras.optimizers.Adam(learning_rate=1e-3) (or RMSprop, Adagrad)",
+    "weight_decay": "keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=1e-2)",
+    "guard": "callbacks=[keras.callbacks.TerminateOnNaN()] stops at the first NaN loss; skipping single bad steps needs a custom train_step",
+    "locate": 'tf.debugging.enable_check_numerics() (TensorFlow) or jax.config.update("jax_debug_nans", True) (JAX), then rerun the failing batch',
+    "stable_numerics": "keras.losses.CategoricalCrossentropy(from_logits=True) instead of a softmax before the loss; add epsilon to divisions, logs and sqrt; keras.mixed_precision.LossScaleOptimizer under float16",
+}
+
 # The technique that applies each init scheme.
 _INIT_TECHNIQUE: dict[Scheme, str] = {
     Scheme.HE: "he_init",
@@ -190,6 +217,7 @@ class Context:
     optimizer: str | None = None  # optimizer class name, e.g. "SGD", "Adam"
     spike: bool = False  # the gradient norm or loss jumped suddenly
     early: bool = False  # the blow-up began in the first steps (clipping/guards still warm up)
+    framework: str | None = None  # "keras": how-to lines in Keras (KERAS_HOW); else torch
 
     @property
     def family(self) -> str | None:
@@ -561,7 +589,9 @@ def remedies_for(kind: str, **context: Any) -> tuple[Remedy, ...]:
         **context: what is known, every key optional: ``activation`` (str, e.g. "sigmoid",
             "Tanh", "nn.ReLU"), ``saturation`` (bool), ``high_lr`` (bool), ``recurrent``
             (bool), ``has_norm`` (bool), ``has_residual`` (bool), ``depth`` (int),
-            ``optimizer`` (str, e.g. "SGD"), ``spike`` (bool), ``early`` (bool).
+            ``optimizer`` (str, e.g. "SGD"), ``spike`` (bool), ``early`` (bool),
+            ``framework`` (str: "keras" gives the Keras how-to lines of :data:`KERAS_HOW`;
+            anything else, torch's).
 
     Returns:
         A tuple of :class:`~gradguard.diagnosis.finding.Remedy`, each technique at most once;
@@ -594,7 +624,9 @@ def remedies_for(kind: str, **context: Any) -> tuple[Remedy, ...]:
         depth=None if context.get("depth") is None else int(context["depth"]),
         optimizer=None if context.get("optimizer") is None else str(context["optimizer"]),
         spike=bool(context.get("spike")),
+        framework=None if context.get("framework") is None else str(context["framework"]),
     )
+    keras_how = ctx.framework == "keras"
     out: list[Remedy] = []
     seen: set[str] = set()
     for tech_key, why in _RANKERS[key](ctx):
@@ -602,5 +634,6 @@ def remedies_for(kind: str, **context: Any) -> tuple[Remedy, ...]:
             continue
         seen.add(tech_key)
         t = TECHNIQUES[tech_key]
-        out.append(Remedy(name=t.name, why=why, how=t.how))
+        how = KERAS_HOW.get(tech_key, t.how) if keras_how else t.how
+        out.append(Remedy(name=t.name, why=why, how=how))
     return tuple(out)

@@ -203,6 +203,7 @@ class RunView:
         kinds = {lay.kind for lay in self.run.layers}
         opt = self.run.config.get("optimizer")
         residual = self.run.config.get("residual")
+        framework = self.run.config.get("framework")  # "keras" from gradguard.keras
         ctx: dict[str, Any] = {
             "activation": self.activation,
             "high_lr": self.high_lr,
@@ -211,6 +212,7 @@ class RunView:
             "depth": len(self.main) or None,
             "optimizer": opt if isinstance(opt, str) else None,
             "has_residual": residual is True,
+            "framework": framework if isinstance(framework, str) else None,
         }
         ctx.update(extra)
         return ctx

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradguard.errors import ConfigError
 from gradguard.lab._common import (
     ACTIVATIONS,
     INITS,
@@ -28,12 +29,18 @@ from gradguard.lab._common import (
     progress,
     record_gradients,
 )
+from gradguard.lab._keras_mlp import keras_record_gradients
 from gradguard.lab.data import digits
 from gradguard.metrics import GRAD_NORM
 from gradguard.report.experiment import ExperimentResult
 from gradguard.report.plots import line_plot
 
-__all__ = ["run", "PRESETS"]
+__all__ = ["run", "PRESETS", "EXTRA_OPTIONS", "FRAMEWORKS"]
+
+# framework="keras" builds the same MLPs in Keras 3 (gradguard[keras]; any backend) and records
+# them with gradguard.keras: the numbers agree with torch's within sampling error
+FRAMEWORKS = ("torch", "keras")
+EXTRA_OPTIONS = ("framework",)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -62,12 +69,16 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
     Args:
         quick: the small preset (seconds) instead of the full one.
         quiet: no progress bar.
-        **options: overrides of the preset: activations, depths, inits, seeds, width, batch.
+        **options: overrides of the preset: activations, depths, inits, seeds, width, batch;
+            ``framework="keras"`` runs the same nets in Keras 3 (default "torch").
 
     Returns:
         An ExperimentResult: one row per (activation, init, depth) with the first-layer gradient
         norm (geometric mean over seeds and its spread in decades), one run per configuration.
     """
+    framework = options.pop("framework", "torch")
+    if framework not in FRAMEWORKS:
+        raise ConfigError(f"framework must be one of {list(FRAMEWORKS)}, got {framework!r}")
     p = {**PRESETS["quick" if quick else "full"], **options}
     p["activations"] = check_choices("activations", p["activations"], ACTIVATIONS)
     p["inits"] = check_choices("inits", p["inits"], INITS)
@@ -84,15 +95,30 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
     with progress(total, "depth sweep", quiet) as bar:
         for act in p["activations"]:
             for depth in p["depths"]:
-                with deterministic(0):
-                    model = mlp(depth, width=p["width"], activation=act, dtype=torch.float64)
+                if framework == "torch":
+                    with deterministic(0):
+                        model = mlp(depth, width=p["width"], activation=act, dtype=torch.float64)
                 for init in p["inits"]:
                     label = f"{act}/{init}/depth{depth}"
                     # one run per configuration; step s = the net re-drawn with seed s
-                    with deterministic(0):
-                        rec = record_gradients(model, x, y, label, seeds=p["seeds"], init=init)
+                    if framework == "keras":
+                        rec = keras_record_gradients(
+                            depth,
+                            width=p["width"],
+                            activation=act,
+                            init=init,
+                            x=x.numpy(),
+                            y=y.numpy(),
+                            seeds=p["seeds"],
+                            name=label,
+                        )
+                    else:
+                        with deterministic(0):
+                            rec = record_gradients(model, x, y, label, seeds=p["seeds"], init=init)
                     runs[label] = rec
-                    grads = rec.metric(GRAD_NORM)[1][:, linear_columns(rec)]  # (seeds, depth + 1)
+                    # the Linear (torch) / Dense (Keras) layers: (seeds, depth + 1)
+                    cols = linear_columns(rec) if framework == "torch" else slice(None)
+                    grads = rec.metric(GRAD_NORM)[1][:, cols]
                     logs = np.log10(np.where(grads > 0, grads, np.nan))  # (seeds, depth + 1)
                     with warnings.catch_warnings():  # a layer with no positive value: NaN
                         warnings.simplefilter("ignore", RuntimeWarning)
@@ -188,7 +214,8 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
         curves=curves,
         reading=_reading(rows),
         runs=runs,
-        params={**p, "quick": quick},
+        # the framework is named only when it is not the default (torch results read as before)
+        params={**p, "quick": quick, **({"framework": framework} if framework != "torch" else {})},
         elapsed_s=time.perf_counter() - t0,
         # a terminal shows the deepest nets of the figures (<= 20 layers) and the key numbers
         key={

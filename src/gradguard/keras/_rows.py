@@ -1,0 +1,82 @@
+"""From the rings read at a flush to a :class:`~gradguard.record.batch.Batch` (host side, numpy).
+
+The device writes per step: per-layer rows (:mod:`gradguard.keras._stats`: sums of squares, max,
+non-finite counts), a scalar row (learning rate, the loss tracker's total and count before and
+after the step, a loss given to ``record_loss``) and, on detail steps, activation rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradguard.keras._stats import GMAX, GSQ, NONFINITE_ROW, USQ, WSQ
+from gradguard.metrics import (
+    ACT_MEAN,
+    ACT_SAT_FRAC,
+    ACT_STD,
+    ACT_ZERO_FRAC,
+    GRAD_MAX,
+    GRAD_NORM,
+    GRAD_NORM_TOTAL,
+    GRAD_RMS,
+    LOSS,
+    LR,
+    NONFINITE,
+    UPDATE_RATIO,
+    WEIGHT_NORM,
+)
+from gradguard.record.batch import Batch, Event, Layer
+
+__all__ = ["SCALARS", "LR_COL", "TOTAL0", "COUNT0", "TOTAL1", "COUNT1", "USER_LOSS"]
+__all__ += ["to_batch", "add_activations"]
+
+# Columns of the per-step scalar ring.
+LR_COL, TOTAL0, COUNT0, TOTAL1, COUNT1, USER_LOSS = range(6)
+SCALARS = 6
+
+
+def to_batch(
+    rows: np.ndarray,
+    scal: np.ndarray,
+    steps: np.ndarray,
+    numel: np.ndarray,
+    events: list[Event],
+    layers: list[Layer] | None,
+) -> Batch:
+    """``rows`` (S, ROWS, L), ``scal`` (S, SCALARS), ``steps`` (S,), ``numel`` (L,) -> Batch."""
+    rows = rows.astype(np.float64)
+    gsq, wsq = rows[:, GSQ], rows[:, WSQ]
+    metrics = {
+        GRAD_NORM: np.sqrt(gsq),
+        GRAD_RMS: np.sqrt(gsq / numel),
+        GRAD_MAX: rows[:, GMAX],
+        WEIGHT_NORM: np.sqrt(wsq),
+        NONFINITE: rows[:, NONFINITE_ROW],
+    }
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    detail = ~np.all(np.isnan(rows[:, USQ]), axis=1)  # update ratio: detail steps only
+    if detail.any():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[UPDATE_RATIO] = (steps[detail], np.sqrt(rows[detail, USQ]) / np.sqrt(wsq[detail]))
+    out.update({m: (steps, v) for m, v in metrics.items()})
+    scal = scal.astype(np.float64)
+    scalars: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        LR: (steps, scal[:, LR_COL]),
+        GRAD_NORM_TOTAL: (steps, np.sqrt(gsq.sum(axis=1))),
+    }
+    # the step's loss: the tracker's total and count moved by this step's batch alone
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fit_loss = (scal[:, TOTAL1] - scal[:, TOTAL0]) / (scal[:, COUNT1] - scal[:, COUNT0])
+    loss = np.where(np.isnan(scal[:, USER_LOSS]), fit_loss, scal[:, USER_LOSS])
+    if np.isfinite(loss).any() or np.isnan(scal[:, TOTAL1]).sum() < len(loss):
+        scalars[LOSS] = (steps, loss)
+    return Batch(metrics=out, scalars=scalars, events=events, layers=layers)
+
+
+def add_activations(batch: Batch, acts: np.ndarray, steps: np.ndarray) -> None:
+    """The ACT_* metrics of the detail steps into ``batch``: ``acts`` (S, ACT_ROWS, L)."""
+    acts = acts.astype(np.float64)
+    detail = ~np.all(np.isnan(acts[:, 0]), axis=1)
+    if detail.any():
+        for row, metric in enumerate((ACT_MEAN, ACT_STD, ACT_ZERO_FRAC, ACT_SAT_FRAC)):
+            batch.metrics[metric] = (steps[detail], acts[detail, row])

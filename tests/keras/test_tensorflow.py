@@ -1,0 +1,84 @@
+"""gradguard.keras on the TensorFlow backend (in a subprocess: see tests/keras/_backend.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.keras._backend import assert_gradients_match, case, run_cases
+from tests.keras.common import (
+    check_check,
+    check_custom_loop,
+    check_errors,
+    check_failure_isolated,
+    check_host_reads,
+    check_lab,
+    check_store,
+)
+
+BACKEND = "tensorflow"
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_cases(
+        BACKEND,
+        Path(tmp_path_factory.mktemp(BACKEND)),
+        "gradients",
+        "gradients_jit",
+        "host_reads",
+        "store",
+        "errors",
+        "check",
+        "custom_loop",
+        "failure_isolated",
+        "lab",
+    )
+
+
+def test_grad_norms_equal_gradient_tape(result: dict[str, Any]) -> None:
+    models = case(result, "gradients")
+    assert set(models) == {"dense", "cnn", "lstm", "residual", "batchnorm"}
+    assert_gradients_match(models)
+    # the LSTM's cell weights count as the LSTM layer; BatchNormalization is its own layer
+    assert models["lstm"]["kinds"] == ["LSTM", "Dense"]
+    assert models["batchnorm"]["kinds"] == ["Dense", "BatchNormalization", "Dense"]
+
+
+def test_grad_norms_under_jit_compile(result: dict[str, Any]) -> None:
+    assert_gradients_match(case(result, "gradients_jit"))
+
+
+def test_no_host_read_per_step(result: dict[str, Any]) -> None:
+    check_host_reads(case(result, "host_reads"))
+
+
+def test_store(result: dict[str, Any]) -> None:
+    check_store(case(result, "store"), BACKEND)
+
+
+def test_bad_input(result: dict[str, Any]) -> None:
+    check_errors(case(result, "errors"))
+
+
+def test_check_at_init(result: dict[str, Any]) -> None:
+    """gg.keras.check: verdicts of the three stacks, weights untouched, dL/dh against the
+    backend's autodiff on the tail of the stack."""
+    check_check(case(result, "check"))
+
+
+def test_lab_depth_sweep_agrees_with_torch(result: dict[str, Any]) -> None:
+    """`gradguard lab depth_sweep --framework keras` against the torch sweep of the same nets:
+    per configuration, log10 of the first layer's gradient (geometric mean over seeds) agrees
+    within 3 standard errors of the difference (spreads over seeds from both runs) + 0.02."""
+    check_lab(case(result, "lab"))
+
+
+def test_custom_loop_watch(result: dict[str, Any]) -> None:
+    check_custom_loop(case(result, "custom_loop"))
+
+
+def test_a_failing_part_leaves_the_training_alone(result: dict[str, Any]) -> None:
+    check_failure_isolated(case(result, "failure_isolated"))
