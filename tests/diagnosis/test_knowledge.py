@@ -234,3 +234,13 @@ def test_init_hows_use_real_schemes() -> None:
         if t.how.startswith("gg.init_("):
             model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             eval(t.how, {"gg": gg}, {"model": model, "batch": torch.randn(16, 4)})  # noqa: S307
+
+
+def test_an_early_blow_up_ranks_a_lower_learning_rate_before_clipping() -> None:
+    from gradguard.diagnosis.knowledge import remedies_for
+
+    for kind in ("exploding_gradients", "divergence"):
+        late = [r.name for r in remedies_for(kind, spike=True)]
+        early = [r.name for r in remedies_for(kind, spike=True, early=True)]
+        assert late[0] == "gradient norm clipping", (kind, late)
+        assert early[0] == "a lower learning rate", (kind, early)

@@ -167,3 +167,20 @@ def test_loss_track_thresholds_come_from_the_config() -> None:
         if f.kind == "divergence"
     )
     assert not f.data["ended_above_start"] and "rose from its best" in f.evidence
+
+
+def test_a_blow_up_in_the_first_steps_ranks_a_lower_learning_rate_first() -> None:
+    # issue 12 item 9: ZClip and gg.Guard warm up over 20-25 steps; an RNN that exploded in its
+    # first 4 steps was helped by a lower learning rate only
+    g = np.r_[1.0, 1.1, 3e3, 5e3, np.full(56, 4e3)] * np.exp(0.05 * RNG.standard_normal(60))
+    run = loss_run(np.linspace(2.0, 1.9, 60), **{GRAD_NORM_TOTAL: g})
+    f = next(f for f in diagnose(run) if f.kind == "exploding_gradients")
+    assert f.remedies[0].name == "a lower learning rate"
+    # the same jump at step 40 of a calm run: clip first
+    late = np.r_[np.ones(40), np.full(20, 4e3)] * np.exp(0.05 * RNG.standard_normal(60))
+    f = next(
+        f
+        for f in diagnose(loss_run(np.linspace(2.0, 1.9, 60), **{GRAD_NORM_TOTAL: late}))
+        if f.kind == "exploding_gradients"
+    )
+    assert f.remedies[0].name == "gradient norm clipping"

@@ -324,7 +324,10 @@ def _exploding(c: Context) -> _Ranked:
     r: _Ranked = []
     clip_why = "caps the update size when the gradient norm jumps, so one bad batch cannot wreck the weights"
     lr_why = "the step is lr x gradient: a smaller lr keeps the weights out of the region where the gradient blows up"
-    if c.spike or c.high_lr or c.recurrent:
+    if c.early:  # a blow-up in the first steps: clipping and adaptive clippers still warm up
+        r.append(("lower_lr", lr_why + "; it acts from the first step, before any warm-up"))
+        r.append(("clip_norm", clip_why))
+    elif c.spike or c.high_lr or c.recurrent:
         r.append(("clip_norm", clip_why))
         r.append(("lower_lr", lr_why))
     if c.recurrent:
@@ -349,7 +352,7 @@ def _exploding(c: Context) -> _Ranked:
                 "normalisation divides out the growth of activation scale at each layer",
             )
         )
-    if not (c.spike or c.high_lr or c.recurrent):
+    if not (c.early or c.spike or c.high_lr or c.recurrent):
         r.append(("clip_norm", clip_why))
         r.append(("lower_lr", lr_why))
     r.append(
@@ -624,6 +627,7 @@ def remedies_for(kind: str, **context: Any) -> tuple[Remedy, ...]:
         depth=None if context.get("depth") is None else int(context["depth"]),
         optimizer=None if context.get("optimizer") is None else str(context["optimizer"]),
         spike=bool(context.get("spike")),
+        early=bool(context.get("early")),
         framework=None if context.get("framework") is None else str(context["framework"]),
     )
     keras_how = ctx.framework == "keras"

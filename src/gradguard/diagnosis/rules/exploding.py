@@ -237,7 +237,12 @@ def check_time(view: RunView) -> list[Finding]:
             else view.step_range(WEIGHT_NORM),
             evidence="; ".join(parts),
             cause=_CAUSE_TIME,
-            remedies=view.remedies(KIND, spike=bool(len(hits))),
+            # a blow-up in the first steps: lower the learning rate first (clippers warm up)
+            remedies=view.remedies(
+                KIND,
+                spike=bool(len(hits)),
+                early=bool(onsets) and min(onsets) - int(steps[0]) <= 2 * cfg.start_steps,
+            ),
             data=data,
         )
     ]
