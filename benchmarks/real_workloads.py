@@ -958,6 +958,9 @@ def main(argv: list[str] | None = None) -> int:
         "--healthy", action="store_true", help="the healthy-run corpus instead (seeds as --split)"
     )
     ap.add_argument("--steps", type=int, help="override every case's step count")
+    ap.add_argument(
+        "--seeds", help="comma-separated seeds instead of --split's (e.g. 3,4: never looked at)"
+    )
     ap.add_argument("--markdown", type=Path, help="also write the table to this file")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -969,6 +972,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.steps:
         cases = tuple(Case(c.name, c.family, c.run, a.steps) for c in cases)
     seeds = {"all": SEEDS, "calibration": (0,), "held-out": SEEDS[1:]}[a.split]
+    if a.seeds:
+        seeds = tuple(int(x) for x in a.seeds.split(","))
     if a.fast:
         seeds = (0,)
     table = markdown(run_all(cases, seeds))

@@ -100,6 +100,15 @@ def check(view: RunView) -> list[Finding]:
         min_points=cfg.spike_min_points,
         extreme=cfg.spike_extreme,
     )
+    # a hard mini-batch near zero loss jumps 100x and means nothing: a spike must also give back
+    # rise_min_fraction of the descent achieved before it (the same yardstick as a rise)
+    start = track.start if track is not None else float(loss[0])
+    keep = []
+    for i in hits:
+        before = float(np.median(loss[max(0, i - cfg.spike_window) : i]))
+        if loss[i] - before >= cfg.rise_min_fraction * max(start - before, 0.0):
+            keep.append(i)
+    hits = np.asarray(keep, dtype=np.int64)
     if len(hits):
         raise_to(Severity.WARNING)
         parts.append(
