@@ -115,7 +115,8 @@ class DiagnosisConfig:
     # A loss that starts below this (in absolute value) is at zero already: converged, not stalled.
     converged_loss: float = 1e-8
     # "Clearly" means: by more than loss_noise_z robust standard deviations of one loss value
-    # (local, trend-free mini-batch noise) -- and by the relative margins below.
+    # (trend-free mini-batch noise; on long runs more: the extremes of N noisy medians spread
+    # by about 2 sqrt(2 ln N) x 1.25 / sqrt(loss_window) of it) -- and by the margins below.
     loss_noise_z: float = 3.0
     # The smoothed loss above the start by more than this fraction of |start| (and the noise):
     # worse than at initialisation (divergence; critical when it ends there).

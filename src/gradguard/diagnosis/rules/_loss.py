@@ -113,10 +113,20 @@ class LossTrack:
         mad = float(np.median(np.abs(d - np.median(d))))
         return 1.4826 * mad / math.sqrt(2.0)
 
+    @cached_property
+    def z(self) -> float:
+        """Noise units a difference of smoothed levels must exceed: ``loss_noise_z``, or more on
+        long runs -- the highest and the lowest of N trailing medians of ``window`` points lie
+        about sqrt(2 ln N) x 1.25 / sqrt(window) noise units above and below the level, so a
+        20,000-step run of pure noise would otherwise "rise from its best"."""
+        n = max(len(self.loss), 2)
+        extremes = 2.0 * math.sqrt(2.0 * math.log(n)) * 1.2533 / math.sqrt(self.window)
+        return max(self.config.loss_noise_z, extremes)
+
     def _clearly_above(self, ref: np.ndarray | float, rel: float) -> np.ndarray:
         """Where the smoothed loss exceeds ``ref`` by more than the factor (or, for a loss
-        that can be <= 0, the fraction of |ref|) ``rel`` and by more than loss_noise_z noise."""
-        z = self.config.loss_noise_z * self.noise
+        that can be <= 0, the fraction of |ref|) ``rel`` and by more than :attr:`z` noise."""
+        z = self.z * self.noise
         ref = np.asarray(ref, dtype=np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             if self.positive:
@@ -158,8 +168,7 @@ class LossTrack:
             if self.positive:
                 clear = self._clearly_above(best, cfg.rise_ratio - 1.0)
             else:  # a loss that can be <= 0: no ratio, the noise and the descent decide
-                z = cfg.loss_noise_z * self.noise
-                clear = self.smooth - best > z
+                clear = self.smooth - best > self.z * self.noise
             out = np.isfinite(best) & enough & clear
         out[: self.window - 1] = False
         return _persistent(out, cfg.loss_persist)
