@@ -36,6 +36,7 @@ from functools import cached_property
 
 import numpy as np
 
+from gradguard.diagnosis._stats import nanmedian
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.view import RunView
 from gradguard.metrics import LOSS
@@ -55,15 +56,6 @@ def _trailing(x: np.ndarray, w: int) -> np.ndarray:
     padded with NaN)."""
     padded = np.concatenate([np.full(w - 1, np.nan), x])
     return np.lib.stride_tricks.sliding_window_view(padded, w)
-
-
-def _nanmedian_rows(a: np.ndarray) -> np.ndarray:
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.asarray(np.nanmedian(a, axis=1), dtype=np.float64)
 
 
 def _persistent(mask: np.ndarray, k: int) -> np.ndarray:
@@ -93,7 +85,7 @@ class LossTrack:
     @cached_property
     def smooth(self) -> np.ndarray:
         """Trailing median of the last ``window`` losses at every point."""
-        return _nanmedian_rows(_trailing(self.loss, self.window))
+        return np.asarray(nanmedian(_trailing(self.loss, self.window), axis=1), dtype=np.float64)
 
     @cached_property
     def positive(self) -> bool:

@@ -132,6 +132,7 @@ def check_time(view: RunView) -> list[Finding]:
     steps, g = view.scalar(GRAD_NORM_TOTAL)
     ok = np.isfinite(g) & (g > 0)
     steps, g = steps[ok], g[ok]
+    typical = float(np.median(g)) if len(g) else math.nan  # the run's usual norm
     parts: list[str] = []
     severity: Severity | None = None
     data: dict[str, object] = {}
@@ -155,7 +156,6 @@ def check_time(view: RunView) -> list[Finding]:
         if growth >= cfg.time_growth_warning and base > 0:
             over = np.flatnonzero(np.exp(trail) / base >= cfg.time_growth_warning)
             onsets.append(int(steps[int(over[0]) + win - 1]))
-        typical = float(np.median(g))
         data["peak_over_typical"] = (
             float(np.exp(trail[peak])) / typical if typical > 0 else math.inf
         )
@@ -192,7 +192,6 @@ def check_time(view: RunView) -> list[Finding]:
         data["spike_steps"] = [int(steps[i]) for i in hits]
         if float(jump[worst]) >= cfg.spike_warning:
             onsets.append(int(steps[hits[0]]))
-        typical = float(np.median(g))
         data["spike_over_typical"] = float(np.max(g[hits])) / typical if typical > 0 else math.inf
     wsteps, w = view.metric(WEIGHT_NORM)
     if len(wsteps) >= cfg.min_time_points:
