@@ -41,9 +41,9 @@ __all__ = [
     "by_name",
 ]
 
-# grad: per layer, every recorded step; update / act: per layer, detail steps only;
-# scalar: one number per step (not per layer)
-Group = Literal["grad", "update", "act", "scalar"]
+# grad: per layer, every recorded step; weight: per layer, detail steps and the first recorded step
+# after each flush; update / act: per layer, detail steps only; scalar: one number per step
+Group = Literal["grad", "weight", "update", "act", "scalar"]
 
 
 class Metric(str):
@@ -75,7 +75,7 @@ class Metric(str):
 GRAD_NORM = Metric("grad_norm", "grad", "", "L2 norm of the layer's gradient (all its parameters)")
 GRAD_RMS = Metric("grad_rms", "grad", "", "grad_norm / sqrt(number of gradient elements)")
 GRAD_MAX = Metric("grad_max", "grad", "", "largest |gradient element| of the layer")
-WEIGHT_NORM = Metric("weight_norm", "grad", "", "L2 norm of the layer's parameters")
+WEIGHT_NORM = Metric("weight_norm", "weight", "", "L2 norm of the layer's parameters")
 NONFINITE = Metric(
     "nonfinite", "grad", "tensors", "parameters or gradients of the layer holding NaN/Inf"
 )

@@ -99,8 +99,9 @@ def test_gradient_statistics_equal_vector_norm(kind: str) -> None:
     run = mon.run
     for metric in ("grad_norm", "grad_rms", "grad_max", "weight_norm"):
         steps, values = run.metric(metric)
-        assert list(steps) == [0, 1, 2]
-        expected = np.stack([r[metric] for r in refs])
+        # the weights are read on detail steps and the first step of each flush only
+        assert list(steps) == ([0] if metric == "weight_norm" else [0, 1, 2])
+        expected = np.stack([refs[s][metric] for s in steps])
         np.testing.assert_allclose(values, expected, rtol=1e-6, atol=0, err_msg=metric)
     _, nonfinite = run.metric("nonfinite")
     assert (nonfinite == 0).all()
@@ -297,11 +298,12 @@ def test_frozen_and_sometimes_unused_layers_and_forward_order() -> None:
     assert np.isnan(gn[[0, 2], 3]).all() and np.isfinite(gn[[1, 3], 3]).all()
 
 
-def test_nonfinite_is_counted_per_layer() -> None:
+@pytest.mark.parametrize("detail_every", [1, 10])
+def test_nonfinite_is_counted_per_layer(detail_every: int) -> None:
     torch.manual_seed(6)
     model = mlp(depth=3)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    with gg.watch(model, opt) as mon:
+    with gg.watch(model, opt, detail_every=detail_every) as mon:
         for step in range(3):
             opt.zero_grad()
             nn.functional.cross_entropy(
@@ -313,8 +315,9 @@ def test_nonfinite_is_counted_per_layer() -> None:
             opt.step()
     _, nf = mon.run.metric("nonfinite")
     np.testing.assert_array_equal(nf[:2], [[0, 0, 0], [0, 2, 0]])
-    # SGD with lr=0 still computes w - 0 * nan = nan: step 2 sees NaN weights in layer 1 and NaN grads everywhere
-    np.testing.assert_array_equal(nf[2], [2, 4, 2])
+    # SGD with lr=0 still computes w - 0 * nan = nan: step 2 sees NaN grads everywhere, and NaN
+    # weights in layer 1 where the weights are read (detail steps; step 2 is one with detail_every=1)
+    np.testing.assert_array_equal(nf[2], [2, 4, 2] if detail_every == 1 else [2, 2, 2])
     _, gmax = mon.run.metric("grad_max")
     assert np.isnan(gmax[1, 1])
 
@@ -700,3 +703,23 @@ def test_a_helper_that_cannot_attach_is_refused_before_any_hook(tmp_path) -> Non
     assert not model._forward_pre_hooks and not model._forward_hooks
     assert not opt._optimizer_step_pre_hooks
     assert not (tmp_path / "x.db").exists()
+
+
+def test_weight_norms_are_read_on_detail_steps_and_the_first_step_of_each_flush() -> None:
+    torch.manual_seed(0)
+    model = mlp(depth=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    expected = {}
+    with gg.watch(model, opt, detail_every=4, flush_every=3) as mon:
+        for step in range(10):
+            x, y = _batch("mlp", step)
+            opt.zero_grad()
+            _loss("mlp", model(x), y).backward()
+            names = [lay.name for lay in mon.recorded_layers()]
+            expected[step] = reference_grad_stats(model, names)["weight_norm"]
+            opt.step()
+    steps, values = mon.run.metric("weight_norm")
+    # flushes hold steps 0-2, 3-5, 6-8, 9: first steps 0, 3, 6, 9; detail steps 0, 4, 8
+    assert list(steps) == [0, 3, 4, 6, 8, 9]
+    np.testing.assert_allclose(values, np.stack([expected[s] for s in steps]), rtol=1e-6)
+    assert list(mon.run.metric("grad_norm")[0]) == list(range(10))

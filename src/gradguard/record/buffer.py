@@ -118,7 +118,8 @@ class StepBuffer:
             total = self._total[:n].cpu().numpy()
             steps = np.asarray(self.steps, dtype=np.int64)
             held = {
-                g: np.array([g in gs for gs in self._groups]) for g in ("grad", "update", "act")
+                g: np.array([g in gs for gs in self._groups])
+                for g in ("grad", "weight", "update", "act")
             }
             for j, m in enumerate(LAYER_METRICS):
                 mask = held[m.group]

@@ -22,6 +22,9 @@ class WatchConfig:
             before the optimizer step) and activation statistics (forward + tensor hooks).
         activations: record activation statistics and the backpropagated signal (act_grad_norm).
         update_ratio: record ||w_after - w_before|| / ||w_before|| around the optimizer step.
+        activation_sample: on CPU, activation statistics of an output with at least 4x this many
+            elements come from a fixed random subset of its rows holding about this many
+            elements (docs/monitor.md states the error it adds); None: every element.
         flush_every: host reads of the device buffer happen every this many recorded steps.
         diagnose_online: evaluate the cheap diagnosis rules at each flush and warn once per finding.
         diagnosis: thresholds of the online diagnosis (a
@@ -33,6 +36,7 @@ class WatchConfig:
     detail_every: Schedule = field(default_factory=lambda: every(10))
     activations: bool = True
     update_ratio: bool = True
+    activation_sample: int | None = 32768
     flush_every: int = 100
     diagnose_online: bool = True
     # a gradguard.diagnosis.DiagnosisConfig; the recording stage does not import the diagnosis
@@ -43,6 +47,11 @@ class WatchConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "record_every", as_schedule(self.record_every))
         object.__setattr__(self, "detail_every", as_schedule(self.detail_every))
+        sample = self.activation_sample
+        if sample is not None and (not isinstance(sample, int) or sample < 1):
+            raise ConfigError(
+                f"activation_sample must be a whole number >= 1 (elements) or None (all), got {sample!r}"
+            )
         if not isinstance(self.flush_every, int) or self.flush_every < 1:
             raise ConfigError(f"flush_every must be a whole number >= 1, got {self.flush_every!r}")
 
@@ -52,6 +61,7 @@ class WatchConfig:
             "detail_every": repr(self.detail_every),
             "activations": self.activations,
             "update_ratio": self.update_ratio,
+            "activation_sample": self.activation_sample,
             "flush_every": self.flush_every,
             "diagnose_online": self.diagnose_online,
             "diagnosis": None if self.diagnosis is None else asdict(self.diagnosis),  # type: ignore[call-overload]

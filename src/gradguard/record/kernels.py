@@ -10,9 +10,26 @@ from collections import defaultdict
 
 import torch
 
-__all__ = ["sumsq", "max_abs", "activation_sums", "group_by_device", "total_norm", "scale_"]
+__all__ = [
+    "sumsq",
+    "max_abs",
+    "sumsq_max_abs",
+    "activation_sums",
+    "group_by_device",
+    "total_norm",
+    "scale_",
+]
 
 _BLAS_DTYPES = (torch.float32, torch.float64)
+# elements per chunk of the CPU one-read path: 1 MiB of fp32, well inside a core's L2, so the max
+# kernel reads from cache what the sum-of-squares kernel just brought in from memory
+_CHUNK = 1 << 18
+
+
+def _blas_ready(tensors: list[torch.Tensor]) -> bool:
+    return all(
+        t.dtype in _BLAS_DTYPES and t.is_contiguous() and t.device.type == "cpu" for t in tensors
+    )
 
 
 def sumsq(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -22,9 +39,7 @@ def sumsq(tensors: list[torch.Tensor]) -> torch.Tensor:
     than ``_foreach_norm`` on CPU, same fp32-accumulation accuracy); others through ``_foreach_norm``
     accumulated in fp32 (fp16/bf16 would overflow).
     """
-    if all(
-        t.dtype in _BLAS_DTYPES and t.is_contiguous() and t.device.type == "cpu" for t in tensors
-    ):
+    if _blas_ready(tensors):
         flat = [t.view(-1) for t in tensors]
         return torch.stack([torch.linalg.vecdot(f, f) for f in flat]).to(torch.float64)
     norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)  # type: ignore[call-arg]
@@ -56,6 +71,50 @@ def max_abs(tensors: list[torch.Tensor], fused: bool | None = None) -> torch.Ten
     hi = torch.stack([m[1] for m in lo_hi]).to(torch.float64)
     both = torch.stack([hi, lo.neg()])
     return torch.where(both.isnan().any(0), math.nan, both.amax(0))
+
+
+def sumsq_max_abs(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of squares and max |x| of each tensor, float64 ``(P,)`` each, reading memory once.
+
+    max |x| is NaN where the tensor holds a NaN (whatever the max kernel does with NaN). On CPU,
+    for fp32/fp64 contiguous tensors, each chunk of ``_CHUNK`` elements goes through ``vecdot``
+    and then ``aminmax`` back to back: the second kernel finds the chunk in cache, so the gradient
+    bytes cross the memory bus once (torch has no single CPU kernel for both; a
+    ``torch.compile``-fused one measured 1.5-2x slower here: docs/benchmarks.md). Elsewhere: the
+    two fused multi-tensor kernels of :func:`sumsq` and :func:`max_abs`.
+    """
+    if not (tensors and _blas_ready(tensors)):
+        sq = sumsq(tensors)
+        return sq, torch.where(sq.isnan(), math.nan, max_abs(tensors))
+    sq_parts: list[torch.Tensor] = []
+    lo_parts: list[torch.Tensor] = []
+    hi_parts: list[torch.Tensor] = []
+    for t in tensors:
+        f = t.view(-1)
+        if f.numel() == 0:  # an empty local shard (FSDP2 splits unevenly) contributes 0
+            zero = f.new_zeros(())
+            sq_parts.append(zero)
+            lo_parts.append(zero)
+            hi_parts.append(zero)
+        elif f.numel() <= _CHUNK:
+            sq_parts.append(torch.linalg.vecdot(f, f))
+            lo, hi = torch.aminmax(f)
+            lo_parts.append(lo)
+            hi_parts.append(hi)
+        else:
+            sqs, los, his = [], [], []
+            for c in f.split(_CHUNK):
+                sqs.append(torch.linalg.vecdot(c, c))
+                lo, hi = torch.aminmax(c)
+                los.append(lo)
+                his.append(hi)
+            sq_parts.append(torch.stack(sqs).sum())
+            lo_parts.append(torch.stack(los).amin())
+            hi_parts.append(torch.stack(his).amax())
+    sq = torch.stack(sq_parts).to(torch.float64)
+    lo_hi = torch.stack([torch.stack(hi_parts), torch.stack(lo_parts).neg()]).to(torch.float64)
+    mx = torch.where(lo_hi.isnan().any(0) | sq.isnan(), math.nan, lo_hi.amax(0))
+    return sq, mx
 
 
 def activation_sums(y: torch.Tensor, sat_band: tuple[float, float] | None) -> torch.Tensor:

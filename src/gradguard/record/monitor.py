@@ -106,7 +106,12 @@ class Recorder:
         self.update = UpdateProbe(self.grads)
         act_modules = [m for m in model.modules() if type(m).__name__ in ACTIVATION_KINDS]
         self.activations = ActivationProbe(
-            self.layers, act_modules, self.device, self.reducer, self.trace
+            self.layers,
+            act_modules,
+            self.device,
+            self.reducer,
+            self.trace,
+            sample=self.config.activation_sample,
         )
         self._layers_written = False
         self._update_step: int | None = None  # detail step whose weights were snapshot
@@ -207,7 +212,9 @@ class Recorder:
             return
         slot = self._slot(s)
         if records:
-            self.grads.take(self.buffer, slot)
+            # weight norms where a metric needs them: detail steps (the update ratio's ||w_before||)
+            # and the first step of each flush, so every flush carries them for the rules
+            self.grads.take(self.buffer, slot, weights=details or slot == 0)
         if self._act_step == s:
             self._act_step = None
             self._check_activations()

@@ -45,6 +45,9 @@ class ActivationProbe:
         device: where the sums are kept.
         reducer: combines the sums across ranks.
         trace: the first-forward trace (which activation module consumes which layer's output).
+        sample: on CPU, an output of at least 4x this many elements is summarised from a fixed
+            random subset of its rows (all dimensions but the last) holding about this many
+            elements; None: every element. The backpropagated signal is always exact.
 
     A failure inside a hook never breaks the forward pass: the hooks come off and :attr:`error`
     holds the exception for the Monitor to report.
@@ -57,8 +60,11 @@ class ActivationProbe:
         device: torch.device,
         reducer: Reducer,
         trace: FirstForwardTrace,
+        sample: int | None = None,
     ) -> None:
         self.layers = list(layers)
+        self.sample = sample
+        self._rows: dict[tuple[int, int], torch.Tensor] = {}  # (rows, kept) -> fixed row indices
         self.activations = list(activations)
         self.device = device
         self.reducer = reducer
@@ -166,10 +172,37 @@ class ActivationProbe:
     def _accumulate(
         self, acc: torch.Tensor, column: int, y: torch.Tensor, bounds: tuple[float, float] | None
     ) -> None:
-        y = local(y)
+        y = self._subset(local(y))
         n = y.numel()
         sums = activation_sums(y, saturation_tolerance(bounds) if bounds is not None else None)
         row = acc[column]
         row[_COUNT].add_(n)
         row[_SATN].add_(n if bounds is not None else 0)
         row[_SUM : _SAT + 1].add_(sums.to(self.device))
+
+    def _subset(self, y: torch.Tensor) -> torch.Tensor:
+        """``y``, or on CPU a fixed random subset of its rows holding about ``sample`` elements.
+
+        Every statistic is a per-element mean or fraction, so a random subset of rows estimates it
+        without bias; the rows are drawn once per shape (a seeded generator: the run's RNG is not
+        touched) and kept, so steps compare like with like. Copying k rows costs k/rows of a pass.
+        """
+        if (
+            self.sample is None
+            or y.device.type != "cpu"
+            or y.dim() < 2
+            or y.numel() < 4 * self.sample
+            or not y.is_contiguous()
+        ):
+            return y
+        rows = y.reshape(-1, y.shape[-1])
+        keep = -(-self.sample // rows.shape[1])  # ceil: at least ``sample`` elements
+        if 4 * keep > rows.shape[0]:
+            return y  # rows too long to gain from a subset
+        key = (rows.shape[0], keep)
+        idx = self._rows.get(key)
+        if idx is None:
+            gen = torch.Generator().manual_seed(0x6767 + rows.shape[0])
+            idx = torch.randperm(rows.shape[0], generator=gen)[:keep].sort().values
+            self._rows[key] = idx
+        return rows.index_select(0, idx)

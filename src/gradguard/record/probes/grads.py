@@ -1,7 +1,11 @@
-"""Gradient statistics of every recorded step: per-layer norm, rms, max |g|, weight norm, non-finite.
+"""Gradient statistics of every recorded step: per-layer norm, rms, max |g|, non-finite count; and
+the weight norm on the steps that need it.
 
 All of a step's numbers come from a few batched kernels over every gradient at once, reduced per
-layer with ``index_add_``/``scatter_reduce_`` on the device; nothing is read on the host.
+layer with ``index_add_``/``scatter_reduce_`` on the device; nothing is read on the host. The
+weights are read only when asked (detail steps, where the update ratio needs ``||w_before||``, and
+the first recorded step of each flush, so every flush holds the weight norms the rules read): a
+pass over every weight costs as much as the gradient statistics themselves.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from gradguard.metrics import GRAD_MAX, GRAD_NORM, GRAD_RMS, NONFINITE, WEIGHT_N
 from gradguard.model.layers import LayerInfo
 from gradguard.model.tensors import local
 from gradguard.record.buffer import StepBuffer
-from gradguard.record.kernels import max_abs, sumsq
+from gradguard.record.kernels import sumsq, sumsq_max_abs
 from gradguard.record.reduce import Combine, Reducer
 
 __all__ = ["GradientProbe"]
@@ -55,8 +59,9 @@ class GradientProbe:
         """The local (shard of each) parameter, detached, in ``params`` order."""
         return [local(p.detach()) for _, p in self.params]
 
-    def take(self, buffer: StepBuffer, slot: int) -> None:
-        """Measure the gradients as they are now into ``slot`` of ``buffer``."""
+    def take(self, buffer: StepBuffer, slot: int, *, weights: bool = True) -> None:
+        """Measure the gradients as they are now into ``slot`` of ``buffer``; with ``weights``, also
+        the weight norms (and non-finite weights in the non-finite count)."""
         L = self.n_layers
         present: list[int] = []
         grads: list[torch.Tensor] = []
@@ -64,30 +69,29 @@ class GradientProbe:
             if p.grad is not None:
                 present.append(i)
                 grads.append(_dense_values(local(p.grad)))
-        wsq = sumsq(self.weights())  # (P,) squared norms of every weight
         f64: dict[str, Any] = {"dtype": torch.float64, "device": self.device}
         rows = torch.zeros((4, L), **f64)  # grad sumsq, weight sumsq, max |g|, non-finite count
         rows[2].fill_(-math.inf)
-        rows[1].index_add_(0, self.column, wsq)
+        if weights:
+            wsq = sumsq(self.weights())  # (P,) squared norms of every weight
+            rows[1].index_add_(0, self.column, wsq)
+            rows[3].index_add_(0, self.column, (~torch.isfinite(wsq)).to(torch.float64))
         if grads:
             col, inv_sqrt_n, has = self._signature(tuple(present))
-            gsq = sumsq(grads)
-            # a NaN anywhere makes the sum of squares NaN: make max |g| say so too, whatever the
-            # max kernel does with NaN on this device
-            gmax = torch.where(gsq.isnan(), math.nan, max_abs(grads))
+            gsq, gmax = sumsq_max_abs(grads)
             rows[0].index_add_(0, col, gsq)
             rows[3].index_add_(0, col, (~torch.isfinite(gmax)).to(torch.float64))
             rows[2].scatter_reduce_(0, col, gmax, reduce="amax")
         else:
             inv_sqrt_n = torch.full((L,), math.nan, **f64)
             has = torch.zeros(L, dtype=torch.bool, device=self.device)
-        rows[3].index_add_(0, self.column, (~torch.isfinite(wsq)).to(torch.float64))
         rows = self.reducer.reduce(rows, _HOW)  # the one place where ranks are combined
         gnorm = torch.where(has, rows[0].sqrt(), math.nan)
         buffer.write(slot, GRAD_NORM, gnorm)
         buffer.write(slot, GRAD_RMS, gnorm * inv_sqrt_n)
         buffer.write(slot, GRAD_MAX, torch.where(has, rows[2], math.nan))
-        buffer.write(slot, WEIGHT_NORM, rows[1].sqrt())
+        if weights:
+            buffer.write(slot, WEIGHT_NORM, rows[1].sqrt())
         buffer.write(slot, NONFINITE, rows[3])
         total = torch.where(has, rows[0], 0.0).sum().sqrt() if grads else math.nan
         buffer.write_total(slot, total)
