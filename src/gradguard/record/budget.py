@@ -35,7 +35,16 @@ from typing import Any
 
 from gradguard.errors import ConfigError
 
-__all__ = ["Budget", "Adaptive", "check_budget", "ADJUST_EVERY", "MAX_RECORD_PERIOD"]
+__all__ = [
+    "Budget",
+    "Adaptive",
+    "check_budget",
+    "ADJUST_EVERY",
+    "MAX_RECORD_PERIOD",
+    "SCHEDULE",
+]
+
+SCHEDULE = "schedule"  # the event kind of a schedule the budget chose
 
 ADJUST_EVERY = 10  # steps between adjustments (CPU); accelerators adjust at each flush
 MAX_RECORD_PERIOD = 4  # the rules' floor: at least one recorded step in this many
@@ -139,7 +148,6 @@ class Budget:
     def add_flush(self, seconds: float) -> None:
         self._win.flush_cost += seconds
         self._win.flush_n += 1
-        self.spent += seconds
 
     def end_step(self) -> None:
         """The optimizer step is done: book this step's cost and its wall time."""
@@ -155,7 +163,6 @@ class Budget:
         elif self._step_recorded:
             w.rec_cost += self._step_cost
             w.rec_n += 1
-        self.spent += self._step_cost
         self._step_cost, self._step_detail, self._step_recorded = 0.0, False, False
 
     # ------------------------------------------------------------------ choosing
@@ -165,21 +172,7 @@ class Budget:
     def adjust(self, next_step: int) -> dict[str, Any] | None:
         """Update the estimates from the last window and choose the periods from ``next_step``
         on; returns the new schedule (for a ``schedule`` event) when it changed, else None."""
-        w, self._win = self._win, _Window()
-        if w.steps == 0:
-            return None
-        ours = w.rec_cost + w.det_cost + w.flush_cost
-        bare = max(w.step_time - ours, 1e-9) / w.steps
-        self.bare = _ema(self.bare, bare)
-        self.bare_total += bare * w.steps
-        if w.rec_n:
-            self.c_rec = _ema(self.c_rec, w.rec_cost / w.rec_n)
-        if w.det_n:
-            # what a detail step adds to a recorded one
-            per = w.det_cost / w.det_n - (0.0 if math.isnan(self.c_rec) else self.c_rec)
-            self.c_detail = _ema(self.c_detail, max(per, 0.0))
-        if w.flush_n:
-            self.c_flush = _ema(self.c_flush, w.flush_cost / w.flush_n)
+        self.settle()
         if math.isnan(self.c_rec) or math.isnan(self.c_detail):
             return None  # keep the default schedule until both kinds of step were measured
         before = (self.record.period, self.detail.period)
@@ -189,6 +182,29 @@ class Budget:
         if (r, d) == before:
             return None
         return self.state()
+
+    def settle(self) -> None:
+        """Fold the costs of the steps since the last call into the running estimates."""
+        w, self._win = self._win, _Window()
+        if w.steps == 0:
+            return
+        ours = w.rec_cost + w.det_cost + w.flush_cost
+        bare = max(w.step_time - ours, 1e-9) / w.steps
+        self.bare = _ema(self.bare, bare)
+        self.bare_total += bare * w.steps
+        self.spent += ours
+        if w.rec_n:
+            self.c_rec = _ema(self.c_rec, w.rec_cost / w.rec_n)
+        if w.det_n:
+            # what a detail step adds to a recorded one
+            per = w.det_cost / w.det_n - (0.0 if math.isnan(self.c_rec) else self.c_rec)
+            self.c_detail = _ema(self.c_detail, max(per, 0.0))
+        if w.flush_n:
+            self.c_flush = _ema(self.c_flush, w.flush_cost / w.flush_n)
+
+    def ready_to_report(self) -> bool:
+        """Whether anything was measured (a final ``schedule`` event has numbers to give)."""
+        return self.bare_total > 0 and not math.isnan(self.c_rec)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -217,7 +233,19 @@ class Budget:
         return min(max(t, self.fraction / 4), 2 * self.fraction)
 
     def _choose(self) -> tuple[int, int]:
-        target = self._target()
+        """The periods for the corrected target; the cheapest schedule the rules allow when even
+        that misses it (paying back earlier spending). ``floor_hit`` says whether the budget
+        itself, uncorrected, is out of reach."""
+        self.floor_hit = self._plan(self.fraction) is None
+        plan = self._plan(self._target())
+        if plan is None:
+            r = MAX_RECORD_PERIOD
+            return r, self.max_detail or self.flush_every * r
+        return plan
+
+    def _plan(self, target: float) -> tuple[int, int] | None:
+        """The densest schedule predicted within ``target``: every step recorded if possible, the
+        detail steps as close as the rest allows; None if none is."""
         for r in range(1, MAX_RECORD_PERIOD + 1):
             d_max = self.max_detail or self.flush_every * r
             room = target * self.bare - self.c_rec / r - self.c_flush / (self.flush_every * r)
@@ -226,11 +254,8 @@ class Budget:
             d = max(r, math.ceil(self.c_detail / room)) if self.c_detail > 0 else r
             d = r * math.ceil(d / r)  # detail steps are recorded steps
             if d <= d_max:
-                self.floor_hit = False
                 return r, d
-        self.floor_hit = True  # even the rules' floor costs more than the budget
-        r = MAX_RECORD_PERIOD
-        return r, self.max_detail or self.flush_every * r
+        return None
 
 
 class _Span:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from gradguard.errors import ConfigError
+from gradguard.record.budget import check_budget
 from gradguard.record.schedules import Schedule, as_schedule, every, never
 
 __all__ = ["WatchConfig", "PRESETS", "resolve_config"]
@@ -30,6 +31,10 @@ class WatchConfig:
         diagnosis: thresholds of the online diagnosis (a
             :class:`~gradguard.diagnosis.DiagnosisConfig`); None: its defaults.
         strict: raise errors of the monitor itself instead of reporting and disabling the part.
+        budget: the overhead allowed, as a fraction of the step time (e.g. 0.02): the Monitor
+            times its own work and spaces the detail steps (and if needed the recorded steps) to
+            stay within it (``record/budget.py``); ``record_every``/``detail_every`` then only
+            give the starting schedule. None: the schedules as given.
     """
 
     record_every: Schedule = field(default_factory=lambda: every(1))
@@ -43,8 +48,10 @@ class WatchConfig:
     # stage, so gg.watch checks its type
     diagnosis: object | None = None
     strict: bool = False
+    budget: float | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "budget", check_budget(self.budget))
         object.__setattr__(self, "record_every", as_schedule(self.record_every))
         object.__setattr__(self, "detail_every", as_schedule(self.detail_every))
         sample = self.activation_sample
@@ -66,6 +73,7 @@ class WatchConfig:
             "diagnose_online": self.diagnose_online,
             "diagnosis": None if self.diagnosis is None else asdict(self.diagnosis),  # type: ignore[call-overload]
             "strict": self.strict,
+            "budget": self.budget,
         }
 
 

@@ -19,6 +19,7 @@ stage's business: :meth:`Recorder.publish` hands it on, and ``gradguard.watch.Mo
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,7 @@ from gradguard.model.activations import ACTIVATION_KINDS
 from gradguard.model.layers import LayerInfo, discover_layers
 from gradguard.model.tensors import local
 from gradguard.record.batch import Batch, Event, Layer
+from gradguard.record.budget import SCHEDULE, Budget
 from gradguard.record.buffer import StepBuffer
 from gradguard.record.checks import check_watch_args, loggable
 from gradguard.record.config import WatchConfig, resolve_config
@@ -91,6 +93,17 @@ class Recorder:
         self.reducer.bind(self.layers)
         self.step_count = 0
         self.failures = Failures(self.config.strict)
+        # the schedules in force: the config's, or the ones an overhead budget adapts
+        self.budget: Budget | None = None
+        self.record_schedule, self.detail_schedule = (
+            self.config.record_every,
+            self.config.detail_every,
+        )
+        if self.config.budget is not None:
+            start = getattr(self.config.detail_every, "n", 10)  # every(n): start from n
+            self.budget = Budget(self.config.budget, self.config.flush_every, default_detail=start)
+            self.record_schedule, self.detail_schedule = self.budget.record, self.budget.detail
+        self._flush_seconds = 0.0  # all flushes so far (a step's own cost leaves them out)
         self._closed = False
         self.run_config: dict[str, Any] = dict(run_config or {})
         self._config_changed = False  # the run config learned something since the last batch
@@ -200,14 +213,24 @@ class Recorder:
         self.event(kind, message, step=s, **fields)  # layer=, value=, data=
         self.step_count = s + 1
         self._just_stepped = True
+        self._end_budget_step()
         self._prepare_step(self.step_count)
 
     def _pre_step(self) -> None:
+        t0, f0 = time.perf_counter(), self._flush_seconds
+        try:
+            self._measure_step()
+        finally:
+            self._spent(t0, f0)
+
+    def _measure_step(self) -> None:
         s = self.step_count
         self._learn_structure()
         if self._act_step == s:
             self.activations.disarm()
         records, details = self._records(s), self._details(s)
+        if self.budget is not None:
+            self.budget.mark(recorded=records, detail=details)
         if not (records or details):
             return
         slot = self._slot(s)
@@ -226,6 +249,7 @@ class Recorder:
                 self.update.snapshot()
 
     def _post_step(self) -> None:
+        t0, f0 = time.perf_counter(), self._flush_seconds
         s = self.step_count
         slot = self.buffer.slot_of(s)
         if self._update_step == s and self.update.before is not None and slot is not None:
@@ -235,7 +259,44 @@ class Recorder:
         self._just_stepped = True
         if self.buffer.full:
             self.flush(wait=False)  # automatic: the commit happens on the writer thread
+        self._spent(t0, f0)
+        self._end_budget_step()
+        t0 = time.perf_counter()
         self._prepare_step(self.step_count)
+        self._spent(t0, self._flush_seconds)  # booked to the coming step
+
+    # ------------------------------------------------------------------ overhead budget
+    def _spent(self, t0: float, flushes_before: float) -> None:
+        """Book the time since ``t0`` (flushes left out: they are booked on their own) and what
+        the activation hooks spent, to the current step's cost."""
+        if self.budget is None:
+            return
+        hooks, self.activations.seconds = self.activations.seconds, 0.0
+        flushes = self._flush_seconds - flushes_before
+        self.budget.add(time.perf_counter() - t0 - flushes + hooks)
+
+    def _end_budget_step(self) -> None:
+        """The step is over: the budget books it and, every few steps, re-plans the schedules
+        from the next step on (before its probes are armed); a new plan is an event."""
+        b = self.budget
+        if b is None:
+            return
+        b.end_step()
+        if b.ready():
+            changed = b.adjust(next_step=self.step_count)
+            if changed is not None:
+                self._schedule_event(changed)
+
+    def _schedule_event(self, state: dict[str, Any], final: bool = False) -> None:
+        floor = " (the rules' floor: the budget cannot be met)" if state["floor"] else ""
+        so_far = state["overhead_so_far"]
+        msg = (
+            f"overhead budget {100 * state['budget']:.1f}%: "
+            + ("over the run " if final else "")
+            + f"{100 * so_far:.1f}% measured; record every {state['record_every']} step(s), "
+            f"detail every {state['detail_every']}{floor}"
+        )
+        self.event(SCHEDULE, msg, step=max(self.step_count - 1, 0), data=state)
 
     def _prepare_step(self, s: int) -> None:
         """Arm the detail probes for step ``s`` if the schedule selects it."""
@@ -250,10 +311,10 @@ class Recorder:
             self.activations.arm()
 
     def _records(self, s: int) -> bool:
-        return bool(self.config.record_every(s))
+        return bool(self.record_schedule(s))
 
     def _details(self, s: int) -> bool:
-        return bool(self.config.detail_every(s)) and (
+        return bool(self.detail_schedule(s)) and (
             self.config.activations or self.config.update_ratio
         )
 
@@ -350,6 +411,7 @@ class Recorder:
         """
         if self._closed:
             return
+        t0 = time.perf_counter()
         try:
             self._learn_structure()
             batch = self.buffer.to_batch(self.layer_order, with_lr=self.optimizer is not None)
@@ -361,6 +423,11 @@ class Recorder:
             self.publish(batch, wait=wait)
         except Exception as e:
             self._fail(FLUSH, e)
+        finally:
+            dt = time.perf_counter() - t0
+            self._flush_seconds += dt
+            if self.budget is not None:
+                self.budget.add_flush(dt)
 
     def close(self) -> None:
         """Flush, hand the last batch on, and remove every hook. Safe to call twice."""
@@ -368,6 +435,10 @@ class Recorder:
             return
         try:
             self.detach()
+            if self.budget is not None:
+                self.budget.settle()
+            if self.budget is not None and self.budget.ready_to_report():
+                self._schedule_event(self.budget.state(), final=True)
             self.flush()
         finally:
             self._closed = True

@@ -10,6 +10,7 @@ else its own output.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,6 +71,7 @@ class ActivationProbe:
         self.reducer = reducer
         self.trace = trace
         self.error: BaseException | None = None
+        self.seconds = 0.0  # time spent inside the hooks (the overhead budget reads and resets it)
         L = len(self.layers)
         self._own = torch.zeros(
             (L, len(_HOW)), dtype=torch.float64, device=device
@@ -129,6 +131,7 @@ class ActivationProbe:
             out = first_tensor(output)
             if out is None or not out.is_floating_point():
                 return
+            t0 = time.perf_counter()
             try:
                 self._outputs[id(out)] = (column, out)
                 # the layer's own output stands in for an activation until one is seen consuming it
@@ -138,6 +141,7 @@ class ActivationProbe:
                     out.register_hook(self._grad_hook(column))
             except Exception as e:  # never break the forward pass
                 self._failed(e)
+            self.seconds += time.perf_counter() - t0
 
         return hook
 
@@ -151,21 +155,25 @@ class ActivationProbe:
             hit = self._outputs.get(id(inp))
             if hit is None or hit[1] is not inp:
                 return  # this call's input is not a watched layer's output
+            t0 = time.perf_counter()
             try:
                 self._accumulate(self._act, hit[0], out.detach(), bounds)
             except Exception as e:
                 self._failed(e)
+            self.seconds += time.perf_counter() - t0
 
         return hook
 
     def _grad_hook(self, column: int) -> Callable[[torch.Tensor], None]:
         def hook(g: torch.Tensor) -> None:
+            t0 = time.perf_counter()
             try:
                 own = self._own[column]
                 own[_GRADSQ].add_(sumsq([local(g)])[0].to(self.device))
                 own[_GRADN].add_(1.0)
             except Exception as e:
                 self._failed(e)
+            self.seconds += time.perf_counter() - t0
 
         return hook
 
