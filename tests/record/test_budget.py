@@ -41,7 +41,7 @@ def simulate(
     clock = FakeClock()
     b = Budget(fraction, flush_every, clock=clock)
     clock.t = 1.0
-    b.end_step()  # the first step boundary
+    b.end_step(next_step=0)  # the first step boundary
     ours = bare_sum = 0.0
     recorded = 0
     plans = []
@@ -61,9 +61,9 @@ def simulate(
         ours += cost
         bare_sum += step - cost
         clock.t += step
-        b.end_step()
-        if b.ready():
-            b.adjust(next_step=s + 1)
+        adjusting = b._win.steps + 1 >= ADJUST_EVERY
+        b.end_step(next_step=s + 1)
+        if adjusting:
             plans.append((b.record.period, b.detail.period))
     return b, ours / bare_sum, plans
 
@@ -134,7 +134,7 @@ def test_watch_with_a_budget_stores_its_schedules(tmp_path: Path) -> None:
             loss = model(x).square().mean()
             opt.zero_grad()
             loss.backward()
-            time.sleep(0.005)
+            time.sleep(0.02)
             opt.step()
             mon.log(loss=loss)
     run = gg.load(tmp_path / "b.db")  # read back from the store

@@ -42,6 +42,8 @@ __all__ = [
     "ADJUST_EVERY",
     "MAX_RECORD_PERIOD",
     "SCHEDULE",
+    "describe",
+    "BudgetHooks",
 ]
 
 SCHEDULE = "schedule"  # the event kind of a schedule the budget chose
@@ -133,6 +135,22 @@ class Budget:
     def __post_init__(self) -> None:
         self.detail.period = self.default_detail
 
+    @staticmethod
+    def schedules_of(budget: Budget | None, config: Any) -> tuple[Any, Any]:
+        """The (record, detail) schedules in force: the budget's, or the config's."""
+        if budget is not None:
+            return budget.record, budget.detail
+        return config.record_every, config.detail_every
+
+    @classmethod
+    def of(cls, config: Any) -> Budget | None:
+        """The budget a WatchConfig asks for (None: no budget); it starts from the config's
+        detail period when that is ``every(n)``."""
+        if config.budget is None:
+            return None
+        start = getattr(config.detail_every, "n", 10)
+        return cls(config.budget, config.flush_every, default_detail=start)
+
     # ------------------------------------------------------------------ measuring
     def span(self) -> _Span:
         """A context manager adding the time inside it to the current step's cost."""
@@ -149,8 +167,18 @@ class Budget:
         self._win.flush_cost += seconds
         self._win.flush_n += 1
 
-    def end_step(self) -> None:
-        """The optimizer step is done: book this step's cost and its wall time."""
+    def end_step(self, next_step: int) -> dict[str, Any] | None:
+        """The optimizer step is done: book its cost and wall time; every ``ADJUST_EVERY`` steps
+        re-plan from ``next_step`` on. Returns the new schedule when it changed."""
+        self._book()
+        return self.adjust(next_step) if self.ready() else None
+
+    def final(self) -> dict[str, Any] | None:
+        """The schedule and the overhead over the whole run, once anything was measured."""
+        self.settle()
+        return self.state() if self.ready_to_report() else None
+
+    def _book(self) -> None:
         now = self.clock()
         w = self._win
         if self._last_end is not None:
@@ -258,6 +286,17 @@ class Budget:
         return None
 
 
+def describe(state: dict[str, Any], *, final: bool = False) -> str:
+    """The message of a ``schedule`` event."""
+    floor = " (the rules' floor: the budget cannot be met)" if state["floor"] else ""
+    return (
+        f"overhead budget {100 * state['budget']:.1f}%: "
+        + ("over the run " if final else "")
+        + f"{100 * state['overhead_so_far']:.1f}% measured; record every "
+        f"{state['record_every']} step(s), detail every {state['detail_every']}{floor}"
+    )
+
+
 class _Span:
     __slots__ = ("budget", "t0")
 
@@ -274,3 +313,36 @@ class _Span:
 
 def _ema(old: float, new: float) -> float:
     return new if math.isnan(old) else (1 - _EMA) * old + _EMA * new
+
+
+class BudgetHooks:
+    """What a Recorder calls to feed its budget (all no-ops without one): the time of its work,
+    the end of each step, and the overhead over the run at close, as ``schedule`` events."""
+
+    def __init__(self, recorder: Any) -> None:
+        self.rec = recorder
+
+    def book(self, t0: float, flushes_before: float) -> None:
+        """Book the time since ``t0`` and what the activation hooks spent to the step's cost
+        (flushes since ``flushes_before`` seconds are booked on their own)."""
+        r = self.rec
+        if r.budget is not None:
+            hooks, r.activations.seconds = r.activations.seconds, 0.0
+            flushes = r._flush_seconds - flushes_before
+            r.budget.add(time.perf_counter() - t0 - flushes + hooks)
+
+    def end_step(self) -> None:
+        """The budget books the step and may re-plan from the next step on (call it before the
+        next step's probes are armed); a new plan is an event."""
+        r = self.rec
+        if r.budget is not None:
+            self._event(r.budget.end_step(next_step=r.step_count), final=False)
+
+    def close(self) -> None:
+        if self.rec.budget is not None:
+            self._event(self.rec.budget.final(), final=True)
+
+    def _event(self, state: dict[str, Any] | None, *, final: bool) -> None:
+        if state is not None:
+            step = max(self.rec.step_count - 1, 0)
+            self.rec.event(SCHEDULE, describe(state, final=final), step=step, data=state)

@@ -31,7 +31,7 @@ from gradguard.model.activations import ACTIVATION_KINDS
 from gradguard.model.layers import LayerInfo, discover_layers
 from gradguard.model.tensors import local
 from gradguard.record.batch import Batch, Event, Layer
-from gradguard.record.budget import SCHEDULE, Budget
+from gradguard.record.budget import Budget, BudgetHooks
 from gradguard.record.buffer import StepBuffer
 from gradguard.record.checks import check_watch_args, loggable
 from gradguard.record.config import WatchConfig, resolve_config
@@ -40,7 +40,7 @@ from gradguard.record.probes.activations import ActivationProbe
 from gradguard.record.probes.grads import GradientProbe
 from gradguard.record.probes.update import UpdateProbe
 from gradguard.record.reduce import Reducer, default_reducer
-from gradguard.record.skips import ScalerWatch
+from gradguard.record.skips import ScalerWatch, skip_step
 from gradguard.record.trace import FirstForwardTrace
 
 __all__ = ["Recorder"]
@@ -94,15 +94,9 @@ class Recorder:
         self.step_count = 0
         self.failures = Failures(self.config.strict)
         # the schedules in force: the config's, or the ones an overhead budget adapts
-        self.budget: Budget | None = None
-        self.record_schedule, self.detail_schedule = (
-            self.config.record_every,
-            self.config.detail_every,
-        )
-        if self.config.budget is not None:
-            start = getattr(self.config.detail_every, "n", 10)  # every(n): start from n
-            self.budget = Budget(self.config.budget, self.config.flush_every, default_detail=start)
-            self.record_schedule, self.detail_schedule = self.budget.record, self.budget.detail
+        self.budget = Budget.of(self.config)
+        self.record_schedule, self.detail_schedule = Budget.schedules_of(self.budget, self.config)
+        self.costs = BudgetHooks(self)  # times this recorder's work for the budget
         self._flush_seconds = 0.0  # all flushes so far (a step's own cost leaves them out)
         self._closed = False
         self.run_config: dict[str, Any] = dict(run_config or {})
@@ -201,27 +195,15 @@ class Recorder:
         the step keeps its number and an event ``kind`` (``scaler_skip``, ``guard_skip``) with the
         reason, has no per-layer rows (its gradients were thrown away), and what ``mon.log`` gets
         after the skipped call stays at its step."""
-        if self._closed:
-            return
-        s = self.step_count
-        self.buffer.discard(s)  # take_gradients_now() may have read the thrown-away gradients
-        self._taken_early = None
-        if self._act_step == s:  # the detail step's activations belong to a step not taken
-            self.activations.disarm()
-            self._act_step = None
-        self._update_step = None
-        self.event(kind, message, step=s, **fields)  # layer=, value=, data=
-        self.step_count = s + 1
-        self._just_stepped = True
-        self._end_budget_step()
-        self._prepare_step(self.step_count)
+        if not self._closed:
+            skip_step(self, kind, message, **fields)
 
     def _pre_step(self) -> None:
         t0, f0 = time.perf_counter(), self._flush_seconds
         try:
             self._measure_step()
         finally:
-            self._spent(t0, f0)
+            self.costs.book(t0, f0)
 
     def _measure_step(self) -> None:
         s = self.step_count
@@ -259,44 +241,11 @@ class Recorder:
         self._just_stepped = True
         if self.buffer.full:
             self.flush(wait=False)  # automatic: the commit happens on the writer thread
-        self._spent(t0, f0)
-        self._end_budget_step()
-        t0 = time.perf_counter()
+        self.costs.book(t0, f0)
+        self.costs.end_step()
+        t0, f0 = time.perf_counter(), self._flush_seconds
         self._prepare_step(self.step_count)
-        self._spent(t0, self._flush_seconds)  # booked to the coming step
-
-    # ------------------------------------------------------------------ overhead budget
-    def _spent(self, t0: float, flushes_before: float) -> None:
-        """Book the time since ``t0`` (flushes left out: they are booked on their own) and what
-        the activation hooks spent, to the current step's cost."""
-        if self.budget is None:
-            return
-        hooks, self.activations.seconds = self.activations.seconds, 0.0
-        flushes = self._flush_seconds - flushes_before
-        self.budget.add(time.perf_counter() - t0 - flushes + hooks)
-
-    def _end_budget_step(self) -> None:
-        """The step is over: the budget books it and, every few steps, re-plans the schedules
-        from the next step on (before its probes are armed); a new plan is an event."""
-        b = self.budget
-        if b is None:
-            return
-        b.end_step()
-        if b.ready():
-            changed = b.adjust(next_step=self.step_count)
-            if changed is not None:
-                self._schedule_event(changed)
-
-    def _schedule_event(self, state: dict[str, Any], final: bool = False) -> None:
-        floor = " (the rules' floor: the budget cannot be met)" if state["floor"] else ""
-        so_far = state["overhead_so_far"]
-        msg = (
-            f"overhead budget {100 * state['budget']:.1f}%: "
-            + ("over the run " if final else "")
-            + f"{100 * so_far:.1f}% measured; record every {state['record_every']} step(s), "
-            f"detail every {state['detail_every']}{floor}"
-        )
-        self.event(SCHEDULE, msg, step=max(self.step_count - 1, 0), data=state)
+        self.costs.book(t0, f0)  # booked to the coming step
 
     def _prepare_step(self, s: int) -> None:
         """Arm the detail probes for step ``s`` if the schedule selects it."""
@@ -331,26 +280,15 @@ class Recorder:
             self._fail(ACTIVATIONS, e)
 
     def _learn_structure(self) -> None:
-        """Once the first forward was traced, its autograd graph decides whether the model has
-        skip connections (class names, which the Monitor guessed from, are only a fallback for a
-        forward without a graph); a change goes into the run config, stored with the next flush."""
+        """Once the first forward was traced, what it learned (skip connections) goes into the
+        run config, stored with the next flush."""
         if self._structure_seen or not self.trace.done:
             return
         self._structure_seen = True
         if self.trace.error is not None:
             self._fail(STRUCTURE, self.trace.error)
             return
-        if not (self.trace.look_for_skips and self.trace.graph_seen):
-            return  # the user said so, or no graph to read: the class-name guess stands
-        cfg = self.run_config
-        before = (cfg.get("residual"), cfg.get("residual_module"))
-        if self.trace.skip_found:
-            cfg["residual"] = True
-            cfg.setdefault("residual_module", "autograd graph (h + f(h))")
-        else:  # e.g. a "Block" with attention whose residual adds were removed
-            cfg["residual"] = False
-            cfg.pop("residual_module", None)
-        self._config_changed = before != (cfg.get("residual"), cfg.get("residual_module"))
+        self._config_changed = self.trace.update_run_config(self.run_config)
 
     # ------------------------------------------------------------------ user API
     def log(self, **scalars: float | int | torch.Tensor) -> None:
@@ -387,20 +325,12 @@ class Recorder:
 
     @property
     def layer_order(self) -> list[int]:
-        """Columns (registration order) of the layers in forward order (registration order until
-        the first forward)."""
-        order = self.trace.order
-        return order if order is not None else [lay.column for lay in self.layers]
+        """Columns (registration order) of the layers in forward order."""
+        return self.trace.column_order(self.layers)
 
     def recorded_layers(self) -> list[Layer]:
         """The layer table as stored: forward order, with the activation that follows each layer."""
-        out = []
-        for pos, col in enumerate(self.layer_order):
-            lay = self.layers[col]
-            act = self.trace.activation_of.get(col)
-            kind = type(act).__name__ if act is not None else None
-            out.append(Layer(pos, lay.name, lay.kind, lay.numel, lay.trainable, kind))
-        return out
+        return self.trace.layer_table(self.layers)
 
     def flush(self, *, wait: bool = True) -> None:
         """Read the device buffer once and hand everything recorded so far on.
@@ -435,10 +365,7 @@ class Recorder:
             return
         try:
             self.detach()
-            if self.budget is not None:
-                self.budget.settle()
-            if self.budget is not None and self.budget.ready_to_report():
-                self._schedule_event(self.budget.state(), final=True)
+            self.costs.close()
             self.flush()
         finally:
             self._closed = True

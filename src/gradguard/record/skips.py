@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ScalerWatch"]
+__all__ = ["ScalerWatch", "skip_step"]
 
 
 class ScalerWatch:
@@ -52,3 +52,20 @@ def _scale_of(scaler: Any) -> float | None:
         return float(scaler.get_scale())
     except Exception:
         return None
+
+
+def skip_step(recorder: Any, kind: str, message: str, **fields: Any) -> None:
+    """Count the current step of ``recorder`` as skipped (see ``Recorder.mark_skipped``)."""
+    r = recorder
+    s = r.step_count
+    r.buffer.discard(s)  # take_gradients_now() may have read the thrown-away gradients
+    r._taken_early = None
+    if r._act_step == s:  # the detail step's activations belong to a step not taken
+        r.activations.disarm()
+        r._act_step = None
+    r._update_step = None
+    r.event(kind, message, step=s, **fields)  # layer=, value=, data=
+    r.step_count = s + 1
+    r._just_stepped = True
+    r.costs.end_step()
+    r._prepare_step(r.step_count)

@@ -17,6 +17,7 @@ from gradguard.model.activations import ACTIVATION_KINDS
 from gradguard.model.layers import LayerInfo, forward_order
 from gradguard.model.structure import has_skip_connection
 from gradguard.model.tensors import first_tensor
+from gradguard.record.batch import Layer
 
 __all__ = ["FirstForwardTrace"]
 
@@ -106,3 +107,33 @@ class FirstForwardTrace:
             except Exception as e:  # never break the forward pass
                 self.error = e
         self.remove()
+
+    # ------------------------------------------------------------------ what the trace tells
+    def column_order(self, layers: Sequence[LayerInfo]) -> list[int]:
+        """Layer columns in forward order (registration order until the first forward)."""
+        return self.order if self.order is not None else [lay.column for lay in layers]
+
+    def layer_table(self, layers: Sequence[LayerInfo]) -> list[Layer]:
+        """The layer table as stored: forward order, with the activation that follows each layer."""
+        out = []
+        for pos, col in enumerate(self.column_order(layers)):
+            lay = layers[col]
+            act = self.activation_of.get(col)
+            kind = type(act).__name__ if act is not None else None
+            out.append(Layer(pos, lay.name, lay.kind, lay.numel, lay.trainable, kind))
+        return out
+
+    def update_run_config(self, cfg: dict[str, Any]) -> bool:
+        """Write what the first forward's autograd graph says about skip connections into the run
+        config (class names, which gg.watch guessed from, are only a fallback for a forward
+        without a graph); returns whether it changed."""
+        if not (self.look_for_skips and self.graph_seen):
+            return False  # the user said so, or no graph to read: the class-name guess stands
+        before = (cfg.get("residual"), cfg.get("residual_module"))
+        if self.skip_found:
+            cfg["residual"] = True
+            cfg.setdefault("residual_module", "autograd graph (h + f(h))")
+        else:  # e.g. a "Block" with attention whose residual adds were removed
+            cfg["residual"] = False
+            cfg.pop("residual_module", None)
+        return before != (cfg.get("residual"), cfg.get("residual_module"))
