@@ -276,7 +276,8 @@ def watch(
         reducer: how per-layer numbers are combined across processes; default: a
             ``gradguard.record.reduce.DistributedReducer`` when torch.distributed is initialised with
             several ranks, else none (pass ``LocalReducer()`` to keep each rank's own numbers).
-        **options: overrides of WatchConfig fields, e.g. ``detail_every=50``, ``flush_every=500``.
+        **options: overrides of WatchConfig fields, e.g. ``detail_every=50``, ``flush_every=500``,
+            ``budget=0.02`` (keep watching within 2% of the step time: record/budget.py).
 
     Returns:
         The :class:`Monitor` (also a context manager).

@@ -320,6 +320,9 @@ def load(
     p = store_path(path, "gg.load's path")
     conn = connect(p, create=False, read_only=True)
     try:
+        # one read transaction: every SELECT sees the same snapshot, so a writer committing a
+        # batch in between (its layer table, then its metrics) cannot be half seen
+        conn.execute("BEGIN")
         return _read_run(conn, p, name, run_id)
     except sqlite3.DatabaseError as e:
         raise StoreError(
