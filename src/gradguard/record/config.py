@@ -7,6 +7,7 @@ from typing import Any
 
 from gradguard.errors import ConfigError
 from gradguard.record.budget import check_budget
+from gradguard.record.fused import KERNELS
 from gradguard.record.schedules import Schedule, as_schedule, every, never
 
 __all__ = ["WatchConfig", "PRESETS", "resolve_config"]
@@ -26,6 +27,9 @@ class WatchConfig:
         activation_sample: on CPU, activation statistics of an output with at least 4x this many
             elements come from a fixed random subset of its rows holding about this many
             elements (docs/monitor.md states the error it adds); None: every element.
+        stats_kernel: how sum of squares and max |g| are computed: "eager", "compiled"
+            (``torch.compile``), or "auto" (eager on CPU; on an accelerator the faster of the two,
+            timed once at the first flush: ``record/fused.py``).
         flush_every: host reads of the device buffer happen every this many recorded steps.
         diagnose_online: evaluate the cheap diagnosis rules at each flush and warn once per finding.
         diagnosis: thresholds of the online diagnosis (a
@@ -42,6 +46,7 @@ class WatchConfig:
     activations: bool = True
     update_ratio: bool = True
     activation_sample: int | None = 32768
+    stats_kernel: str = "auto"
     flush_every: int = 100
     diagnose_online: bool = True
     # a gradguard.diagnosis.DiagnosisConfig; the recording stage does not import the diagnosis
@@ -59,6 +64,8 @@ class WatchConfig:
             raise ConfigError(
                 f"activation_sample must be a whole number >= 1 (elements) or None (all), got {sample!r}"
             )
+        if self.stats_kernel not in KERNELS:
+            raise ConfigError(f"stats_kernel must be one of {KERNELS}, got {self.stats_kernel!r}")
         if not isinstance(self.flush_every, int) or self.flush_every < 1:
             raise ConfigError(f"flush_every must be a whole number >= 1, got {self.flush_every!r}")
 
@@ -69,6 +76,7 @@ class WatchConfig:
             "activations": self.activations,
             "update_ratio": self.update_ratio,
             "activation_sample": self.activation_sample,
+            "stats_kernel": self.stats_kernel,
             "flush_every": self.flush_every,
             "diagnose_online": self.diagnose_online,
             "diagnosis": None if self.diagnosis is None else asdict(self.diagnosis),  # type: ignore[call-overload]

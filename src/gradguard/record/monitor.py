@@ -36,6 +36,7 @@ from gradguard.record.buffer import StepBuffer
 from gradguard.record.checks import check_watch_args, loggable
 from gradguard.record.config import WatchConfig, resolve_config
 from gradguard.record.failures import Failures
+from gradguard.record.fused import KERNEL_EVENT
 from gradguard.record.probes.activations import ActivationProbe
 from gradguard.record.probes.grads import GradientProbe
 from gradguard.record.probes.update import UpdateProbe
@@ -46,13 +47,8 @@ from gradguard.record.trace import FirstForwardTrace
 __all__ = ["Recorder"]
 
 # the parts that can fail and be switched off on their own
-GRADS, UPDATE, ACTIVATIONS, STRUCTURE, FLUSH = (
-    "gradient statistics",
-    "update ratio",
-    "activations",
-    "structure",
-    "flush",
-)
+GRADS, UPDATE, ACTIVATIONS = "gradient statistics", "update ratio", "activations"
+STRUCTURE, FLUSH = "structure", "flush"
 
 
 class Recorder:
@@ -109,7 +105,9 @@ class Recorder:
             model, self.layers, look_for_skips="residual" not in self.run_config
         )
         self._structure_seen = False
-        self.grads = GradientProbe(self.layers, self.device, self.reducer)
+        self.grads = GradientProbe(
+            self.layers, self.device, self.reducer, kernel=self.config.stats_kernel
+        )
         self.update = UpdateProbe(self.grads)
         act_modules = [m for m in model.modules() if type(m).__name__ in ACTIVATION_KINDS]
         self.activations = ActivationProbe(
@@ -344,6 +342,10 @@ class Recorder:
         t0 = time.perf_counter()
         try:
             self._learn_structure()
+            if (kernel := self.grads.decide_kernel()) is not None:  # once, off the step path
+                self.event(
+                    KERNEL_EVENT, f"gradient statistics: {kernel['kernel']} kernel", data=kernel
+                )
             batch = self.buffer.to_batch(self.layer_order, with_lr=self.optimizer is not None)
             if not self._layers_written and (self.trace.done or not batch.empty):
                 batch.layers = self.recorded_layers()

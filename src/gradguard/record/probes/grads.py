@@ -21,7 +21,8 @@ from gradguard.metrics import GRAD_MAX, GRAD_NORM, GRAD_RMS, NONFINITE, WEIGHT_N
 from gradguard.model.layers import LayerInfo
 from gradguard.model.tensors import local
 from gradguard.record.buffer import StepBuffer
-from gradguard.record.kernels import sumsq, sumsq_max_abs
+from gradguard.record.fused import StatsKernel
+from gradguard.record.kernels import sumsq
 from gradguard.record.reduce import Combine, Reducer
 
 __all__ = ["GradientProbe"]
@@ -41,8 +42,15 @@ class GradientProbe:
         reducer: combines the numbers across ranks.
     """
 
-    def __init__(self, layers: Sequence[LayerInfo], device: torch.device, reducer: Reducer) -> None:
+    def __init__(
+        self,
+        layers: Sequence[LayerInfo],
+        device: torch.device,
+        reducer: Reducer,
+        kernel: str = "auto",
+    ) -> None:
         self.n_layers = len(layers)
+        self.kernel = StatsKernel(kernel)  # sum of squares and max |g|: eager or compiled
         self.device = device
         self.reducer = reducer
         # every owned parameter with its layer's column; the trainable ones get gradient statistics
@@ -78,7 +86,7 @@ class GradientProbe:
             rows[3].index_add_(0, self.column, (~torch.isfinite(wsq)).to(torch.float64))
         if grads:
             col, inv_sqrt_n, has = self._signature(tuple(present))
-            gsq, gmax = sumsq_max_abs(grads)
+            gsq, gmax = self.kernel(grads)
             rows[0].index_add_(0, col, gsq)
             rows[3].index_add_(0, col, (~torch.isfinite(gmax)).to(torch.float64))
             rows[2].scatter_reduce_(0, col, gmax, reduce="amax")
@@ -95,6 +103,14 @@ class GradientProbe:
         buffer.write(slot, NONFINITE, rows[3])
         total = torch.where(has, rows[0], 0.0).sum().sqrt() if grads else math.nan
         buffer.write_total(slot, total)
+
+    def decide_kernel(self) -> dict[str, Any] | None:
+        """Let the statistics kernel choose its path on the gradients there are now (called at a
+        flush); what it chose, for an event, or None."""
+        if self.kernel.decided:
+            return None
+        grads = [_dense_values(local(p.grad)) for _, p in self.trainable if p.grad is not None]
+        return self.kernel.decide(grads)
 
     def _signature(
         self, present: tuple[int, ...]
