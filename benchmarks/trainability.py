@@ -297,8 +297,7 @@ def fit(features: np.ndarray, labels: np.ndarray, names: tuple[str, ...]) -> dic
             scores[(c, w)] = float(np.mean(s))
     c, w = max(scores, key=lambda k: scores[k])
     clf, mean, scale, t = _logistic(features, labels, c, w)
-    return {
-        "features": names,
+    return {  # in the order of ``names`` (trainable.FEATURES / PROBE_FEATURES), not repeated here
         "mean": tuple(float(v) for v in mean),
         "scale": tuple(float(v) for v in scale),
         "weights": tuple(float(v) for v in clf.coef_[0]),
@@ -326,7 +325,8 @@ def write_calibration(models: dict[str, dict[str, Any]], n: int) -> None:
         f"Fitted on the calibration half of the grid ({n} configurations; budget {_budget()};",
         f"trainable := best test accuracy over the learning-rate sweep >= {TARGET}). STATIC: one",
         "pass with the default loss; PROBE: the real loss plus a short trial (probe_steps=",
-        f"{PROBE_STEPS}). Do not edit.",
+        f"{PROBE_STEPS}). Weights, means and scales in the order of trainable.FEATURES / "
+        "PROBE_FEATURES. Do not edit.",
         '"""',
         "",
         "from typing import Any",
