@@ -154,7 +154,8 @@ class FixReport:
         if self.needs_architecture_change:
             lines.append(
                 "no init-only remedy makes this net trainable: it needs an architecture change "
-                "(allow_architecture_changes=True tries activation swaps and normalisation)"
+                "(allow_architecture_changes=True tries activation swaps, normalisation and skip "
+                "connections)"
             )
         for t in self.tried:
             p = "failed: " + t.error if t.error else f"p(trains) {t.probability:.2f}"
