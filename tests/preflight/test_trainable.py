@@ -41,8 +41,9 @@ def batch() -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("model", "names"), [(cal.STATIC, FEATURES), (cal.PROBE, PROBE_FEATURES)])
-def test_calibration_covers_every_signal(model, names) -> None:
-    assert tuple(model["features"]) == names
+def test_calibration_covers_every_signal(model, names, batch) -> None:
+    # signals() computes exactly the named features (probe: only with probe_steps)
+    assert set(gg.check(mlp(3, nn.ReLU), batch).trainability.numbers) == set(FEATURES)
     assert len(model["mean"]) == len(model["scale"]) == len(model["weights"]) == len(names)
     assert 0.0 < model["threshold"] < 1.0
 

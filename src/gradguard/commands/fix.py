@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gradguard.commands._args import SEED
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -27,7 +29,7 @@ def register(sub: Any) -> None:
         help="shape of a random N(0, 1) example input, batch first (needed when the factory "
         "returns only a model; a real batch from the factory is better: LSUV scales on it)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the input and the new weights")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the input and the new weights")
     p.add_argument(
         "--allow-architecture-changes",
         action="store_true",
@@ -41,38 +43,12 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from torch import nn
 
-    from gradguard.commands.check import _parse_shape, load_factory
+    from gradguard.commands._factory import model_and_input
     from gradguard.errors import GradguardError
     from gradguard.remedies.fix import fix
 
-    factory = load_factory(args.target)
-    try:
-        made = factory()
-    except Exception as e:
-        raise GradguardError(
-            f"{args.target}() raised {type(e).__name__}: {e}; fix the factory so it builds the model"
-        ) from e
-    example = None
-    if isinstance(made, tuple) and len(made) == 2:
-        made, example = made
-    if not isinstance(made, nn.Module):
-        raise GradguardError(
-            f"{args.target}() returned {type(made).__name__}; it must return an nn.Module or a "
-            "(model, example_input) pair"
-        )
-    if args.input_shape:
-        gen = torch.Generator().manual_seed(args.seed)
-        example = torch.randn(_parse_shape(args.input_shape), generator=gen)
-        param = next(made.parameters(), None)
-        if param is not None:
-            example = example.to(device=param.device, dtype=param.dtype)
-    if example is None:
-        raise GradguardError(
-            f"{args.target}() returned only a model; pass --input-shape N,D,... (batch first) "
-            "or return (model, example_input)"
-        )
+    made, example = model_and_input(args.target, args.input_shape, args.seed)
     for opt, path in (("--save", args.save), ("--html", args.html)):
         if path and not Path(path).parent.is_dir():
             raise GradguardError(f"{opt} {path}: no such directory; create it or pick another path")

@@ -297,6 +297,11 @@ class Trained:
     first_nan: int | None
     test_acc: float
 
+    @property
+    def final_loss(self) -> float:
+        """Mean training loss over the last 10 steps (less noisy than the last step's)."""
+        return float(np.mean(self.losses[-10:]))
+
 
 def train_classifier(
     model: nn.Module,
@@ -367,6 +372,27 @@ def train_classifier(
         mon.close()
     acc = accuracy(model, data.x_test.to(dtype), data.y_test)
     return Trained(mon.run, np.asarray(losses, dtype=np.float64), first_nan, acc)
+
+
+def train_preset(model: nn.Module, data: Any, name: str, p: dict[str, Any], **kw: Any) -> Trained:
+    """:func:`train_classifier` with a preset's ``steps``, ``lr`` and ``batch``, from seed 0: every
+    configuration of an experiment sees the same batch order. ``kw``: the other options."""
+    with deterministic(0):
+        return train_classifier(
+            model, data, name=name, steps=p["steps"], lr=p["lr"], batch_size=p["batch"], **kw
+        )
+
+
+def loss_curves_plot(curves: dict[str, np.ndarray], title: str) -> Any:
+    """One training-loss line per run: ``curves`` maps a run's label to its (steps,) losses."""
+    from gradguard.report.plots import line_plot
+
+    return line_plot(
+        {k: (np.arange(len(v)), v) for k, v in curves.items()},
+        title=title,
+        xlabel="step",
+        ylabel="cross-entropy",
+    )
 
 
 def diagnose_or_empty(run: Run) -> list[Any]:

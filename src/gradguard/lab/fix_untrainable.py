@@ -18,14 +18,19 @@ import copy
 import time
 from typing import Any
 
-import numpy as np
-
-from gradguard.lab._common import check_choices, deterministic, mlp, progress, train_classifier
+from gradguard.lab._common import (
+    check_choices,
+    deterministic,
+    loss_curves_plot,
+    mlp,
+    progress,
+    train_preset,
+)
 from gradguard.lab.data import digits
 from gradguard.preflight import check
 from gradguard.remedies.fix import fix
 from gradguard.report.experiment import ExperimentResult
-from gradguard.report.plots import bar_plot, line_plot
+from gradguard.report.plots import bar_plot
 
 __all__ = ["run", "PRESETS", "CONFIGS", "EXTRA_OPTIONS"]
 
@@ -72,16 +77,7 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
             # when no init makes the net trainable (then report.model is a new model)
             report = fix(copy.deepcopy(model), batch, allow_architecture_changes=True)
             for when, net in (("before", model), ("after", report.model)):
-                with deterministic(0):  # the same data order for both
-                    out = train_classifier(
-                        net,
-                        data,
-                        name=f"{label} ({when})",
-                        steps=p["steps"],
-                        lr=p["lr"],
-                        optimizer="adam",
-                        batch_size=p["batch"],
-                    )
+                out = train_preset(net, data, f"{label} ({when})", p, optimizer="adam")
                 runs[f"{label} ({when})"] = out.run
                 curves[f"{label} ({when})"] = out.losses
                 rows.append(
@@ -92,17 +88,14 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                         "trainable": (before if when == "before" else report.after).trainable,
                         "confidence": (before if when == "before" else report.after).confidence,
                         "test_acc": out.test_acc,
-                        "final_loss": float(np.mean(out.losses[-10:])),
+                        "final_loss": out.final_loss,
                     }
                 )
                 bar.advance()
 
     figures = {
-        "loss_curves": line_plot(
-            {k: (np.arange(len(v)), v) for k, v in curves.items()},
-            title=f"training loss before and after gg.fix, {p['depth']}-layer MLPs on digits",
-            xlabel="step",
-            ylabel="cross-entropy",
+        "loss_curves": loss_curves_plot(
+            curves, f"training loss before and after gg.fix, {p['depth']}-layer MLPs on digits"
         ),
         "accuracy": bar_plot(
             labels,

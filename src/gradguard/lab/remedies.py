@@ -23,14 +23,15 @@ from gradguard.lab._common import (
     deterministic,
     diagnose_or_empty,
     linear_columns,
+    loss_curves_plot,
     mlp,
     progress,
-    train_classifier,
+    train_preset,
 )
 from gradguard.lab.data import digits
 from gradguard.metrics import GRAD_NORM
 from gradguard.report.experiment import ExperimentResult
-from gradguard.report.plots import bar_plot, line_plot
+from gradguard.report.plots import bar_plot
 
 __all__ = ["run", "PRESETS", "CONFIGS", "EXTRA_OPTIONS"]
 
@@ -81,20 +82,12 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
     runs, findings, curves = {}, {}, {}
     with progress(len(labels), "remedies", quiet) as bar:
         for label in labels:
-            with deterministic(0):  # same init draw and batch order for every configuration
+            with deterministic(0):  # same init draw for every configuration
                 opts = dict(CONFIGS[label])
                 if opts.pop("scaled", False):
                     opts["branch_scale"] = p["depth"] ** -0.5
                 model = mlp(p["depth"], width=p["width"], **opts)
-                out = train_classifier(
-                    model,
-                    data,
-                    name=label,
-                    steps=p["steps"],
-                    lr=p["lr"],
-                    batch_size=p["batch"],
-                    config="default",
-                )
+            out = train_preset(model, data, label, p, config="default")  # same batch order
             grads = out.run.metric(GRAD_NORM)[1][:, linear_columns(out.run)]  # (steps, depth + 1)
             with np.errstate(divide="ignore", invalid="ignore"):  # a dead layer has gradient 0
                 ratio = float(np.nanmedian(grads[:, 0] / grads[:, -2]))  # first / last hidden layer
@@ -104,7 +97,7 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
                 {
                     "config": label,
                     "test_acc": out.test_acc,
-                    "final_loss": float(np.mean(out.losses[-10:])),
+                    "final_loss": out.final_loss,
                     "grad_first_over_last": ratio,
                     "diagnosis": ", ".join(sorted({f.kind for f in found})) or "-",
                 }
@@ -112,12 +105,7 @@ def run(*, quick: bool = True, quiet: bool = False, **options: Any) -> Experimen
             bar.advance()
 
     figures = {
-        "loss_curves": line_plot(
-            {k: (np.arange(len(v)), v) for k, v in curves.items()},
-            title=f"training loss, {p['depth']}-layer MLP on digits",
-            xlabel="step",
-            ylabel="cross-entropy",
-        ),
+        "loss_curves": loss_curves_plot(curves, f"training loss, {p['depth']}-layer MLP on digits"),
         "accuracy": bar_plot(
             labels, [r["test_acc"] for r in rows], title="test accuracy", ylabel="accuracy"
         ),

@@ -3,24 +3,12 @@
 Fitted on the calibration half of the grid (124 configurations; budget steps=200,batch=64,width=32,channels=8;
 trainable := best test accuracy over the learning-rate sweep >= 0.9). STATIC: one
 pass with the default loss; PROBE: the real loss plus a short trial (probe_steps=
-20). Do not edit.
+20). Weights, means and scales in the order of trainable.FEATURES / PROBE_FEATURES. Do not edit.
 """
 
 from typing import Any
 
 STATIC: dict[str, Any] = {
-    "features": (
-        "vanish",
-        "explode",
-        "q_growth",
-        "q_decay",
-        "collapse",
-        "scramble",
-        "saturation",
-        "dead",
-        "jacobian",
-        "log_depth",
-    ),
     "mean": (
         4.14782,
         1.62088,
@@ -64,19 +52,6 @@ STATIC: dict[str, Any] = {
     "cv_score": 0.862903,
 }
 PROBE: dict[str, Any] = {
-    "features": (
-        "vanish",
-        "explode",
-        "q_growth",
-        "q_decay",
-        "collapse",
-        "scramble",
-        "saturation",
-        "dead",
-        "jacobian",
-        "log_depth",
-        "probe",
-    ),
     "mean": (
         4.13395,
         1.64556,

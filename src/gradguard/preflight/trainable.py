@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from gradguard.errors import GradguardError
 from gradguard.format import number, percent
 from gradguard.model.tensors import first_tensor
 from gradguard.preflight import _calibration as cal
@@ -60,6 +61,14 @@ FEATURES = (
     "log_depth",
 )
 PROBE_FEATURES = (*FEATURES, "probe")
+# the fitted models and the signals they weigh, in order (_calibration.py holds only numbers)
+_MODELS = ((FEATURES, cal.STATIC), (PROBE_FEATURES, cal.PROBE))
+for _names, _model in _MODELS:
+    if not len(_model["mean"]) == len(_model["scale"]) == len(_model["weights"]) == len(_names):
+        raise GradguardError(
+            f"_calibration.py has {len(_model['weights'])} weights for the {len(_names)} signals "
+            f"{_names}; refit it: python benchmarks/trainability.py --write"
+        )
 _CAP = 30.0  # log10 values are capped here (underflow to 0 / overflow to inf reads as 1e+-30)
 _MAX_EXAMPLES = 64  # pairwise cosines over at most this many examples (2016 pairs)
 _REASONS = 3  # the signals that moved the log-odds most the verdict's way are named
@@ -186,12 +195,12 @@ def signals(
     }
 
 
-def _contributions(numbers: Mapping[str, float], model: Mapping[str, Any]) -> dict[str, float]:
+def _contributions(
+    numbers: Mapping[str, float], names: Sequence[str], model: Mapping[str, Any]
+) -> dict[str, float]:
     """Each signal's term in the log-odds; an unmeasured signal sits at its calibration mean (0)."""
     out = {}
-    for name, mean, scale, w in zip(
-        model["features"], model["mean"], model["scale"], model["weights"]
-    ):
+    for name, mean, scale, w in zip(names, model["mean"], model["scale"], model["weights"]):
         v = numbers.get(name, math.nan)
         out[name] = 0.0 if not math.isfinite(v) else w * (v - mean) / scale
     return out
@@ -230,8 +239,8 @@ def verdict(numbers: Mapping[str, float], *, nonfinite: int = 0) -> Trainability
             (f"{nonfinite} non-finite values in the forward or backward pass at init",),
             nums,
         )
-    model = cal.PROBE if math.isfinite(nums.get("probe", math.nan)) else cal.STATIC
-    contrib = _contributions(nums, model)
+    names, model = _MODELS[1] if math.isfinite(nums.get("probe", math.nan)) else _MODELS[0]
+    contrib = _contributions(nums, names, model)
     z = model["bias"] + sum(contrib.values())
     p = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
     ok = p >= model["threshold"]
