@@ -487,15 +487,15 @@ def case_failure_isolated() -> dict[str, Any]:
     model = dense()
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss_fn())
     w0 = weights(model)
-    original = recorder.layer_rows
-    recorder.layer_rows = broken
+    original = recorder.grad_rows
+    recorder.grad_rows = broken
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             cb = Watch(flush_every=2)
             hist = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
     finally:
-        recorder.layer_rows = original
+        recorder.grad_rows = original
     assert cb.monitor is not None
     return {
         "moved": not all(np.array_equal(a, b) for a, b in zip(w0, weights(model))),

@@ -37,7 +37,7 @@ from gradguard.keras._rows import (
     add_activations,
     to_batch,
 )
-from gradguard.keras._stats import ROWS, USQ, layer_rows, update_row
+from gradguard.keras._stats import ROWS, grad_rows, no_weight_rows, weight_rows
 from gradguard.record.batch import Event, Layer
 from gradguard.runs.log import RunLog
 from gradguard.runs.run import Run
@@ -183,32 +183,45 @@ class KerasMonitor:
         scale = opt.loss_scale_factor
         if scale is not None:  # apply() unscales the gradients it is given
             dense = [g / scale for g in dense]
-        before = [_snapshot(v) for _, v in pairs]
-        rows = layer_rows(dense, before, mask, self._dtype)
         # copies: the PyTorch backend increments `iterations` in place, and a cast to the same
         # dtype hands back the tensor itself
         step = _frozen(ops.cast(opt.iterations, "int32"))
         lr = _frozen(ops.cast(opt.learning_rate, "float32"))
-        return pairs, before, rows, step, lr, mask
+        detail = self._detail(step)
+        rows = grad_rows(dense, mask, self._dtype)
+        before = _snapshot(detail, [v for _, v in pairs], dense)
+        return pairs, before, rows, step, lr, mask, detail
+
+    def _detail(self, step: Any) -> Any:
+        """True on detail steps: a Python bool when every step is one, else a traced boolean."""
+        return True if self.detail_every == 1 else ops.equal(step % self.detail_every, 0)
 
     def _after(
-        self, pairs: list[Any], before: list[Any], rows: Any, step: Any, lr: Any, mask: np.ndarray
+        self,
+        pairs: list[Any],
+        before: list[Any],
+        rows: Any,
+        step: Any,
+        lr: Any,
+        mask: np.ndarray,
+        detail: Any,
     ) -> None:
-        nan = ops.full((len(self.layers),), math.nan, self._dtype)
-        dtype = self._dtype
-        if self.detail_every == 1:
-            usq = update_row(before, [v.value for _, v in pairs], mask, dtype)
-        else:
-            usq = ops.cond(
-                ops.equal(step % self.detail_every, 0),
-                lambda: update_row(before, [v.value for _, v in pairs], mask, dtype),
-                lambda: nan,
-            )
-        rows = ops.concatenate([rows[:USQ], usq[None]], axis=0)
+        dtype, n_layers = self._dtype, len(self.layers)
+
+        def measured() -> Any:
+            return weight_rows(before, [v.value for _, v in pairs], mask, dtype)
+
+        wrows = (
+            measured()
+            if detail is True
+            else ops.cond(detail, measured, lambda: no_weight_rows(n_layers, dtype))
+        )
+        rows = ops.stack([rows[0], rows[1], wrows[0], rows[2] + wrows[2], wrows[1]])
         count = self._count.value
         slot = count % self.slots
         self._rows.assign(ops.slice_update(self._rows.value, (slot, 0, 0), rows[None]))
-        scal = ops.concatenate([lr[None], ops.full((SCALARS - 1,), math.nan, "float32")])
+        flag = ops.cast(ops.convert_to_tensor(detail), "float32")
+        scal = ops.stack([lr, *([ops.full((), math.nan, "float32")] * USER_LOSS), flag])
         self._scalars.assign(ops.slice_update(self._scalars.value, (slot, 0), scal[None]))
         self._steps.assign(ops.slice_update(self._steps.value, (slot,), step[None]))
         self._count.assign(count + 1)
@@ -234,11 +247,11 @@ class KerasMonitor:
             tracker = self._tracker()
             if tracker is None:
                 return train_step(*args, **kwargs)
-            t0, c0 = _snapshot(tracker.total), _snapshot(tracker.count)
+            t0, c0 = _now(tracker.total), _now(tracker.count)
             logs = train_step(*args, **kwargs)
 
             def record() -> None:
-                t1, c1 = _snapshot(tracker.total), _snapshot(tracker.count)
+                t1, c1 = _now(tracker.total), _now(tracker.count)
                 self._scalars.assign(
                     self._loss_into(self._scalars.value, self._count.value, t0, c0, t1, c1)
                 )
@@ -438,12 +451,30 @@ class KerasMonitor:
         self.close()
 
 
-def _snapshot(variable: Any) -> Any:
-    """The variable's value now, as a tensor that a later assignment does not change (TF hands
-    back the variable itself, torch updates parameters in place; JAX arrays never change)."""
+def _snapshot(detail: Any, variables: list[Any], grads: list[Any]) -> list[Any]:
+    """The variables' values before the update, for the update's norm on detail steps.
+
+    JAX arrays never change: the values themselves, at no cost. TensorFlow hands back the
+    variable's buffer (an assignment while the read is alive copies the whole buffer) and torch
+    updates in place, so those read the weights on detail steps only; other steps get the
+    gradients (same shapes, alive anyway), which nothing reads.
+    """
     if keras.backend.backend() == "jax":
-        return variable.value
-    return ops.copy(variable.value)
+        return [v.value for v in variables]
+
+    def read() -> list[Any]:
+        return [ops.copy(v.value) for v in variables]
+
+    if detail is True:
+        return read()
+    return list(
+        ops.cond(detail, read, lambda: [ops.cast(g, v.dtype) for g, v in zip(grads, variables)])
+    )
+
+
+def _now(variable: Any) -> Any:
+    """The variable's value now, as a tensor that a later assignment does not change."""
+    return _frozen(variable.value)
 
 
 def _frozen(tensor: Any) -> Any:
