@@ -23,7 +23,14 @@ from sklearn.datasets import load_digits
 import gradguard as gg
 from gradguard.errors import GradguardError
 from gradguard.keras import Watch
-from gradguard.metrics import ACT_STD, ACT_ZERO_FRAC, GRAD_NORM, LOSS, UPDATE_RATIO
+from gradguard.metrics import (
+    ACT_STD,
+    ACT_ZERO_FRAC,
+    GRAD_NORM,
+    LOSS,
+    UPDATE_RATIO,
+    WEIGHT_NORM,
+)
 
 BACKEND = keras.backend.backend()
 
@@ -267,6 +274,48 @@ def case_store(tmp: Path) -> dict[str, Any]:
     }
 
 
+def case_detail() -> dict[str, Any]:
+    """Weight norm and update ratio of the detail steps (detail_every=3: steps 0 and 3 of 4)
+    against numpy on the weights at the epochs' ends (one step per epoch)."""
+    x, y = digits(32)
+    keras.utils.set_random_seed(6)
+    model = dense()
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss_fn())
+    per_step = [[np.asarray(v) for v in model.trainable_variables]]
+
+    class Keep(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:  # JAX: state synced
+            per_step.append([np.asarray(v) for v in model.trainable_variables])
+
+    cb = Watch(flush_every=2, detail_every=3)
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=[Keep(), cb])
+    run = cb.run
+    assert run is not None
+    ws, wv = run.metric(WEIGHT_NORM)
+    us, uv = run.metric(UPDATE_RATIO)
+    assert cb.monitor is not None
+    cols = [cb.monitor.table.columns[id(v)] for v in model.trainable_variables]
+    ref_w, ref_u = [], []
+    for step in (0, 3):
+        before, after = per_step[step], per_step[step + 1]
+        w = np.zeros(len(run.layers))
+        u = np.zeros(len(run.layers))
+        for c, b, a in zip(cols, before, after):
+            w[c] += float(np.sum(b.astype(np.float64) ** 2))
+            u[c] += float(np.sum((a.astype(np.float64) - b) ** 2))
+        ref_w.append(np.sqrt(w).tolist())
+        ref_u.append((np.sqrt(u) / np.sqrt(w)).tolist())
+    return {
+        "steps": run.metric(GRAD_NORM)[0].tolist(),
+        "weight_steps": ws.tolist(),
+        "update_steps": us.tolist(),
+        "weight_norm": wv.tolist(),
+        "update_ratio": uv.tolist(),
+        "ref_weight_norm": ref_w,
+        "ref_update_ratio": ref_u,
+    }
+
+
 def stack(activation: str, init: Any, depth: int, width: int) -> keras.Model:
     hidden = [
         layers.Dense(width, activation=activation, kernel_initializer=init) for _ in range(depth)
@@ -277,6 +326,8 @@ def stack(activation: str, init: Any, depth: int, width: int) -> keras.Model:
 def case_diagnosis(work: Path) -> dict[str, Any]:
     """The issue's three stacks, 32 Adam steps on digits each, diagnosed from the store (kinds
     and severities of the findings), plus `gradguard diagnose` on the same file."""
+    import warnings
+
     from gradguard.cli import main as cli
 
     x, y = digits(1024)
@@ -291,11 +342,17 @@ def case_diagnosis(work: Path) -> dict[str, Any]:
         keras.utils.set_random_seed(5)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss_fn())
         cb = Watch(store=path, name=name, flush_every=16, detail_every=4)
-        model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[cb])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[cb])
         found = gg.diagnose(gg.load(path, name=name))
+        assert cb.run is not None
         out[name] = {
             "findings": [(f.kind, f.severity.name.lower()) for f in found],
             "remedies": [r.how for f in found for r in f.remedies],
+            # online diagnosis at the flushes (steps 16 and 32): events in the run, warnings
+            "online": [(e.kind, e.step) for e in cb.run.events if e.kind.startswith("finding:")],
+            "online_warnings": [str(w.message) for w in caught if "gradguard:" in str(w.message)],
         }
     import contextlib
     import io
@@ -487,15 +544,15 @@ def case_failure_isolated() -> dict[str, Any]:
     model = dense()
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss_fn())
     w0 = weights(model)
-    original = recorder.layer_rows
-    recorder.layer_rows = broken
+    original = recorder.grad_rows
+    recorder.grad_rows = broken
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cb = Watch(flush_every=2)
+            cb = Watch(flush_every=2, diagnose_online=False)
             hist = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
     finally:
-        recorder.layer_rows = original
+        recorder.grad_rows = original
     assert cb.monitor is not None
     return {
         "moved": not all(np.array_equal(a, b) for a, b in zip(w0, weights(model))),
@@ -549,6 +606,8 @@ def main() -> None:
                 result[case] = case_host_reads()
             elif case == "store":
                 result[case] = case_store(work)
+            elif case == "detail":
+                result[case] = case_detail()
             elif case == "custom_loop":
                 result[case] = case_custom_loop(work)
             elif case == "failure_isolated":

@@ -60,6 +60,14 @@ def check_diagnosis(diag: dict[str, Any]) -> None:
     assert sigmoid_fix.startswith('activation="relu"') and "nn." not in sigmoid_fix
     assert any('kernel_initializer="he_normal"' in r for r in diag["normal1_relu"]["remedies"])
     assert not any("nn." in r or "torch" in r for r in diag["normal1_relu"]["remedies"])
+    # online, during fit: the sigmoid stack's vanishing gradients are found at a flush and
+    # warned about once; the He-initialised stack gets no vanishing or exploding finding
+    online = [kind for kind, _ in diag["sigmoid20"]["online"]]
+    assert "finding:vanishing_gradients" in online
+    assert online.count("finding:vanishing_gradients") <= 2  # once, again only if it worsens
+    assert any("vanishing_gradients" in w for w in diag["sigmoid20"]["online_warnings"])
+    he = [kind for kind, _ in diag["he_relu"]["online"]]
+    assert not {"finding:vanishing_gradients", "finding:exploding_gradients"} & set(he)
     assert diag["cli"]["code"] == 0
     assert "vanishing gradients" in diag["cli"]["text"] and "keras.layers" in diag["cli"]["text"]
 
@@ -120,3 +128,16 @@ def check_failure_isolated(iso: dict[str, Any]) -> None:
     assert list(iso["failures"]) == ["gradient statistics"]
     assert "injected failure" in iso["failures"]["gradient statistics"]
     assert len(iso["warnings"]) == 1 and "switched off" in iso["warnings"][0]
+
+
+def check_detail(detail: dict[str, Any]) -> None:
+    """Weight norm and update ratio on the detail steps only, equal to numpy on the weights."""
+    import pytest
+
+    assert detail["steps"] == [0, 1, 2, 3]
+    assert detail["weight_steps"] == detail["update_steps"] == [0, 3]
+    for got, ref in zip(detail["weight_norm"], detail["ref_weight_norm"]):
+        assert got == pytest.approx(ref, rel=1e-5)
+    for got, ref in zip(detail["update_ratio"], detail["ref_update_ratio"]):
+        assert got == pytest.approx(ref, rel=1e-4)
+    assert min(min(r) for r in detail["ref_update_ratio"]) > 1e-4  # the weights did move

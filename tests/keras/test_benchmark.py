@@ -23,7 +23,7 @@ def test_keras_overhead_benchmark_runs_tiny(tmp_path: Path) -> None:
     }
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "keras_overhead.py")]
-        + ["--epochs", "2", "--steps", "3", "--repeats", "1", "--json", str(out)],
+        + ["--epochs", "2", "--steps", "3", "--repeats", "1", "--paired", "2", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -32,6 +32,10 @@ def test_keras_overhead_benchmark_runs_tiny(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| K1 MLP | watch |" in proc.stdout and "| K2 transformer | tb-hist |" in proc.stdout
     data = json.loads(out.read_text())
+    modes = {"bare", "grads", "watch", "tb-hist"}
     for name in ("K1 MLP", "K2 transformer"):
-        assert set(data[name]) == {"bare", "grads", "watch", "tb-hist"}
-        assert all(v > 0 for v in data[name].values())
+        assert set(data[name]) == modes | {"step", "paired"}
+        assert set(data[name]["step"]) == modes
+        assert set(data[name]["paired"]) == {"bare", "grads", "watch"}
+        assert all(data[name][m] > 0 and data[name]["step"][m] > 0 for m in modes)
+        assert all(v > 0 for v in data[name]["paired"].values())

@@ -11,6 +11,7 @@ from tests.keras._backend import assert_gradients_match, case, run_cases
 from tests.keras.common import (
     check_check,
     check_custom_loop,
+    check_detail,
     check_errors,
     check_failure_isolated,
     check_host_reads,
@@ -30,6 +31,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "gradients_jit",
         "host_reads",
         "store",
+        "detail",
         "errors",
         "check",
         "custom_loop",
@@ -57,6 +59,10 @@ def test_no_host_read_per_step(result: dict[str, Any]) -> None:
 
 def test_store(result: dict[str, Any]) -> None:
     check_store(case(result, "store"), BACKEND)
+
+
+def test_weight_norm_and_update_ratio_on_detail_steps(result: dict[str, Any]) -> None:
+    check_detail(case(result, "detail"))
 
 
 def test_bad_input(result: dict[str, Any]) -> None:

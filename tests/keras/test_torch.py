@@ -10,6 +10,7 @@ import pytest
 from tests.keras._backend import assert_gradients_match, case, run_cases
 from tests.keras.common import (
     check_custom_loop,
+    check_detail,
     check_host_reads,
     check_store,
 )
@@ -26,6 +27,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "gradients",
         "host_reads",
         "store",
+        "detail",
         "custom_loop",
     )
 
@@ -45,6 +47,10 @@ def test_no_host_read_per_step(result: dict[str, Any]) -> None:
 
 def test_store(result: dict[str, Any]) -> None:
     check_store(case(result, "store"), BACKEND)
+
+
+def test_weight_norm_and_update_ratio_on_detail_steps(result: dict[str, Any]) -> None:
+    check_detail(case(result, "detail"))
 
 
 def test_custom_loop_watch(result: dict[str, Any]) -> None:

@@ -31,7 +31,11 @@ class Watch(keras.callbacks.Callback):
         name: the run's name in the store (default ``run-N``); a second ``fit`` with the same
             callback makes a new run.
         flush_every: steps between reads of the device ring.
-        detail_every: steps between update-ratio measurements.
+        detail_every: steps between measurements of the weights (norm, update ratio) and the
+            activations.
+        diagnose_online: run gg.watch's online diagnosis rules at each flush: a warning per new
+            finding (``gradguard: critical vanishing_gradients: ...``), kept in the run as an
+            event.
 
     Attributes:
         monitor: the :class:`~gradguard.keras.KerasMonitor` of the current or last ``fit``.
@@ -44,6 +48,7 @@ class Watch(keras.callbacks.Callback):
         name: str | None = None,
         flush_every: int = 100,
         detail_every: int = 10,
+        diagnose_online: bool = True,
     ) -> None:
         super().__init__()
         for label, value in (("flush_every", flush_every), ("detail_every", detail_every)):
@@ -51,6 +56,7 @@ class Watch(keras.callbacks.Callback):
                 raise ConfigError(f"{label} must be an int >= 1, got {value!r}")
         self.store, self.name = store, name
         self.flush_every, self.detail_every = flush_every, detail_every
+        self.diagnose_online = diagnose_online
         self.monitor: KerasMonitor | None = None
         self._since_flush = 0
 
@@ -64,6 +70,7 @@ class Watch(keras.callbacks.Callback):
             name=self.name,
             flush_every=self.flush_every,
             detail_every=self.detail_every,
+            diagnose_online=self.diagnose_online,
         )
         self._since_flush = 0
 

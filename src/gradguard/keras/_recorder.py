@@ -26,6 +26,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from gradguard.diagnosis.config import DiagnosisConfig
+from gradguard.diagnosis.online import OnlineDiagnosis
 from gradguard.errors import ConfigError, GradguardError
 from gradguard.keras._activations import ACT_ROWS, probe_for
 from gradguard.keras._layers import KerasLayers, discover
@@ -37,7 +39,7 @@ from gradguard.keras._rows import (
     add_activations,
     to_batch,
 )
-from gradguard.keras._stats import ROWS, USQ, layer_rows, update_row
+from gradguard.keras._stats import ROWS, grad_rows, no_weight_rows, weight_rows
 from gradguard.record.batch import Event, Layer
 from gradguard.runs.log import RunLog
 from gradguard.runs.run import Run
@@ -69,6 +71,7 @@ class KerasMonitor:
         name: str | None = None,
         flush_every: int = 100,
         detail_every: int = 10,
+        diagnose_online: bool = True,
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, keras.Model):
@@ -111,7 +114,11 @@ class KerasMonitor:
         config = {
             "framework": "keras",
             "keras_backend": keras.backend.backend(),
-            "watch": {"flush_every": flush_every, "detail_every": detail_every},
+            "watch": {
+                "flush_every": flush_every,
+                "detail_every": detail_every,
+                "diagnose_online": diagnose_online,
+            },
             "optimizer": type(optimizer).__name__,
             "model": type(model).__name__,
             "residual": table.residual,
@@ -120,8 +127,23 @@ class KerasMonitor:
             else "not recorded (subclassed model)",
             **dict(run_config or {}),
         }
-        self.run_log = RunLog(name, config, store=opened, environment=_environment())
+        diagnosis = DiagnosisConfig()
+        self.run_log = RunLog(
+            name,
+            config,
+            store=opened,
+            environment=_environment(),
+            # what the online rules read must stay in memory while the store holds the rest
+            keep_head=diagnosis.start_steps if diagnose_online else 0,
+            keep_tail=diagnosis.online_window if diagnose_online else 0,
+        )
         self.run_name = self.run_log.name
+        # the rules of gg.watch's online diagnosis, at each flush; findings go into the run
+        self.online = (
+            OnlineDiagnosis(self.run_log, self.run_log.append, diagnosis)
+            if diagnose_online
+            else None
+        )
         self._layers_sent = False
         try:
             self._make_ring()
@@ -183,34 +205,47 @@ class KerasMonitor:
         scale = opt.loss_scale_factor
         if scale is not None:  # apply() unscales the gradients it is given
             dense = [g / scale for g in dense]
-        before = [_snapshot(v) for _, v in pairs]
-        rows = layer_rows(dense, before, mask, self._dtype)
         # copies: the PyTorch backend increments `iterations` in place, and a cast to the same
         # dtype hands back the tensor itself
         step = _frozen(ops.cast(opt.iterations, "int32"))
         lr = _frozen(ops.cast(opt.learning_rate, "float32"))
-        return pairs, before, rows, step, lr, mask
+        detail = self._detail(step)
+        rows = grad_rows(dense, mask, self._dtype)
+        before = _snapshot(detail, [v for _, v in pairs], dense)
+        return pairs, before, rows, step, lr, mask, detail
+
+    def _detail(self, step: Any) -> Any:
+        """True on detail steps: a Python bool when every step is one, else a traced boolean."""
+        return True if self.detail_every == 1 else ops.equal(step % self.detail_every, 0)
 
     def _after(
-        self, pairs: list[Any], before: list[Any], rows: Any, step: Any, lr: Any, mask: np.ndarray
+        self,
+        pairs: list[Any],
+        before: list[Any],
+        rows: Any,
+        step: Any,
+        lr: Any,
+        mask: np.ndarray,
+        detail: Any,
     ) -> None:
-        nan = ops.full((len(self.layers),), math.nan, self._dtype)
-        dtype = self._dtype
-        if self.detail_every == 1:
-            usq = update_row(before, [v.value for _, v in pairs], mask, dtype)
-        else:
-            usq = ops.cond(
-                ops.equal(step % self.detail_every, 0),
-                lambda: update_row(before, [v.value for _, v in pairs], mask, dtype),
-                lambda: nan,
-            )
-        rows = ops.concatenate([rows[:USQ], usq[None]], axis=0)
+        dtype, n_layers = self._dtype, len(self.layers)
+
+        def measured() -> Any:
+            return weight_rows(before, [v.value for _, v in pairs], mask, dtype)
+
+        wrows = (
+            measured()
+            if detail is True
+            else ops.cond(detail, measured, lambda: no_weight_rows(n_layers, dtype))
+        )
+        rows = ops.stack([rows[0], rows[1], wrows[0], rows[2] + wrows[2], wrows[1]])
         count = self._count.value
         slot = count % self.slots
-        self._rows.assign(ops.slice_update(self._rows.value, (slot, 0, 0), rows[None]))
-        scal = ops.concatenate([lr[None], ops.full((SCALARS - 1,), math.nan, "float32")])
-        self._scalars.assign(ops.slice_update(self._scalars.value, (slot, 0), scal[None]))
-        self._steps.assign(ops.slice_update(self._steps.value, (slot,), step[None]))
+        self._rows.assign(_put_row(self._rows.value, slot, rows))
+        flag = ops.cast(ops.convert_to_tensor(detail), "float32")
+        scal = ops.stack([lr, *([ops.full((), math.nan, "float32")] * USER_LOSS), flag])
+        self._scalars.assign(_put_row(self._scalars.value, slot, scal))
+        self._steps.assign(_put_row(self._steps.value, slot, step))
         self._count.assign(count + 1)
 
     def _tracker(self) -> Any:
@@ -227,18 +262,18 @@ class KerasMonitor:
                 step = _frozen(ops.cast(self.optimizer.iterations, "int32"))
                 rows = self._act_rows(data, step)
                 slot = self._count.value % self.slots
-                self._acts.assign(ops.slice_update(self._acts.value, (slot, 0, 0), rows[None]))
+                self._acts.assign(_put_row(self._acts.value, slot, rows))
 
             if self._acts is not None:
                 self._guard("activation statistics", acts)
             tracker = self._tracker()
             if tracker is None:
                 return train_step(*args, **kwargs)
-            t0, c0 = _snapshot(tracker.total), _snapshot(tracker.count)
+            t0, c0 = _now(tracker.total), _now(tracker.count)
             logs = train_step(*args, **kwargs)
 
             def record() -> None:
-                t1, c1 = _snapshot(tracker.total), _snapshot(tracker.count)
+                t1, c1 = _now(tracker.total), _now(tracker.count)
                 self._scalars.assign(
                     self._loss_into(self._scalars.value, self._count.value, t0, c0, t1, c1)
                 )
@@ -266,7 +301,7 @@ class KerasMonitor:
                 ai = _index(ovars, self._acts)
                 slot = state[2][_index(ovars, self._count)] % self.slots
                 opt_state = list(new_state[2])
-                opt_state[ai] = ops.slice_update(opt_state[ai], (slot, 0, 0), rows[None])
+                opt_state[ai] = _put_row(opt_state[ai], slot, rows)
                 return (new_state[0], new_state[1], opt_state, new_state[3])
 
             if self._acts is not None:
@@ -310,10 +345,8 @@ class KerasMonitor:
         """``scal`` with the tracker's (total, count) before and after written into the row of
         the step that ``apply`` just recorded (``count`` is past it)."""
         slot = (count - 1) % self.slots
-        row = ops.slice(scal, (slot, 0), (1, SCALARS))[0]
         vals = ops.stack([ops.cast(x, "float32") for x in (t0, c0, t1, c1)])
-        row = ops.concatenate([row[:TOTAL0], vals, row[COUNT1 + 1 :]])
-        return ops.slice_update(scal, (slot, 0), row[None])
+        return _put_cells(scal, slot, range(TOTAL0, COUNT1 + 1), vals)
 
     def record_loss(self, loss: Any) -> None:
         """Record this step's loss from inside a custom train step, after ``optimizer.apply``
@@ -321,8 +354,8 @@ class KerasMonitor:
 
         def record() -> None:
             slot = (self._count.value - 1) % self.slots
-            value = ops.reshape(ops.cast(ops.mean(loss), "float32"), (1, 1))
-            self._scalars.assign(ops.slice_update(self._scalars.value, (slot, USER_LOSS), value))
+            value = ops.reshape(ops.cast(ops.mean(loss), "float32"), (1,))
+            self._scalars.assign(_put_cells(self._scalars.value, slot, [USER_LOSS], value))
 
         self._guard("loss", record)
 
@@ -394,6 +427,9 @@ class KerasMonitor:
         if acts is not None:
             add_activations(batch, acts[idx], at)
         self.run_log.append(batch)
+        online = self.online
+        if online is not None:
+            self._guard("online diagnosis", lambda: online.write(batch, self.layers))
         return len(idx)
 
     @property
@@ -438,12 +474,47 @@ class KerasMonitor:
         self.close()
 
 
-def _snapshot(variable: Any) -> Any:
-    """The variable's value now, as a tensor that a later assignment does not change (TF hands
-    back the variable itself, torch updates parameters in place; JAX arrays never change)."""
+def _snapshot(detail: Any, variables: list[Any], grads: list[Any]) -> list[Any]:
+    """The variables' values before the update, for the update's norm on detail steps.
+
+    JAX arrays never change: the values themselves, at no cost. TensorFlow hands back the
+    variable's buffer (an assignment while the read is alive copies the whole buffer) and torch
+    updates in place, so those read the weights on detail steps only; other steps get the
+    gradients (same shapes, alive anyway), which nothing reads.
+    """
     if keras.backend.backend() == "jax":
-        return variable.value
-    return ops.copy(variable.value)
+        return [v.value for v in variables]
+
+    def read() -> list[Any]:
+        return [ops.copy(v.value) for v in variables]
+
+    if detail is True:
+        return read()
+    return list(
+        ops.cond(detail, read, lambda: [ops.cast(g, v.dtype) for g, v in zip(grads, variables)])
+    )
+
+
+def _put_row(ring: Any, slot: Any, row: Any) -> Any:
+    """``ring`` (slots, ...) with ``row`` written at ``slot``. JAX: a dynamic update slice; the
+    others: a scatter (TensorFlow runs ``slice_update`` as an XLA op compiled on demand outside
+    ``jit_compile``: 77 us a call against 35 us for the step's three scatters, on the benchmark's
+    machine)."""
+    if keras.backend.backend() == "jax":
+        return ops.slice_update(ring, (slot,) + (0,) * (len(ring.shape) - 1), row[None])
+    return ops.scatter_update(ring, ops.reshape(slot, (1, 1)), row[None])
+
+
+def _put_cells(ring: Any, slot: Any, columns: Any, values: Any) -> Any:
+    """``ring`` (slots, columns) with ``values`` (K,) written at ``slot`` in ``columns`` (K)."""
+    cols = ops.convert_to_tensor(np.asarray(list(columns), dtype="int32"))
+    index = ops.stack([ops.zeros_like(cols) + ops.cast(slot, "int32"), cols], axis=1)
+    return ops.scatter_update(ring, index, values)
+
+
+def _now(variable: Any) -> Any:
+    """The variable's value now, as a tensor that a later assignment does not change."""
+    return _frozen(variable.value)
 
 
 def _frozen(tensor: Any) -> Any:
@@ -480,6 +551,7 @@ def watch(
     name: str | None = None,
     flush_every: int = 100,
     detail_every: int = 10,
+    diagnose_online: bool = True,
 ) -> KerasMonitor:
     """Watch a Keras model trained in a custom loop (``optimizer.apply(grads, variables)``).
 
@@ -493,7 +565,10 @@ def watch(
         store: path of the SQLite store (same schema as ``gg.watch``), or None (memory only).
         name: the run's name in the store.
         flush_every: steps between flushes (the device ring holds twice as many).
-        detail_every: steps between update-ratio measurements.
+        detail_every: steps between measurements of the weights (norm, update ratio) and the
+            activations.
+        diagnose_online: run gg.watch's online diagnosis rules at each flush (a warning per new
+            finding, kept in the run as an event).
 
     >>> with gradguard.keras.watch(model, opt, store="runs/k.db") as mon:   # doctest: +SKIP
     ...     for x, y in data:
@@ -507,4 +582,5 @@ def watch(
         name=name,
         flush_every=flush_every,
         detail_every=detail_every,
+        diagnose_online=diagnose_online,
     )

@@ -1,8 +1,9 @@
 """From the rings read at a flush to a :class:`~gradguard.record.batch.Batch` (host side, numpy).
 
 The device writes per step: per-layer rows (:mod:`gradguard.keras._stats`: sums of squares, max,
-non-finite counts), a scalar row (learning rate, the loss tracker's total and count before and
-after the step, a loss given to ``record_loss``) and, on detail steps, activation rows.
+non-finite counts; the weights' and the update's sums of squares on detail steps), a scalar row
+(learning rate, the loss tracker's total and count before and after the step, a loss given to
+``record_loss``, whether the step was a detail step) and, on detail steps, activation rows.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from gradguard.metrics import (
 )
 from gradguard.record.batch import Batch, Event, Layer
 
-__all__ = ["SCALARS", "LR_COL", "TOTAL0", "COUNT0", "TOTAL1", "COUNT1", "USER_LOSS"]
+__all__ = ["SCALARS", "LR_COL", "TOTAL0", "COUNT0", "TOTAL1", "COUNT1", "USER_LOSS", "DETAIL"]
 __all__ += ["to_batch", "add_activations"]
 
-# Columns of the per-step scalar ring.
-LR_COL, TOTAL0, COUNT0, TOTAL1, COUNT1, USER_LOSS = range(6)
-SCALARS = 6
+# Columns of the per-step scalar ring (DETAIL: 1 on the steps that measured the weights).
+LR_COL, TOTAL0, COUNT0, TOTAL1, COUNT1, USER_LOSS, DETAIL = range(7)
+SCALARS = 7
 
 
 def to_batch(
@@ -45,21 +46,21 @@ def to_batch(
 ) -> Batch:
     """``rows`` (S, ROWS, L), ``scal`` (S, SCALARS), ``steps`` (S,), ``numel`` (L,) -> Batch."""
     rows = rows.astype(np.float64)
+    scal = scal.astype(np.float64)
     gsq, wsq = rows[:, GSQ], rows[:, WSQ]
     metrics = {
         GRAD_NORM: np.sqrt(gsq),
         GRAD_RMS: np.sqrt(gsq / numel),
         GRAD_MAX: rows[:, GMAX],
-        WEIGHT_NORM: np.sqrt(wsq),
         NONFINITE: rows[:, NONFINITE_ROW],
     }
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    detail = ~np.all(np.isnan(rows[:, USQ]), axis=1)  # update ratio: detail steps only
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {m: (steps, v) for m, v in metrics.items()}
+    detail = scal[:, DETAIL] == 1  # weight norm and update ratio: detail steps only
     if detail.any():
+        at, w = steps[detail], np.sqrt(wsq[detail])
+        out[WEIGHT_NORM] = (at, w)
         with np.errstate(divide="ignore", invalid="ignore"):
-            out[UPDATE_RATIO] = (steps[detail], np.sqrt(rows[detail, USQ]) / np.sqrt(wsq[detail]))
-    out.update({m: (steps, v) for m, v in metrics.items()})
-    scal = scal.astype(np.float64)
+            out[UPDATE_RATIO] = (at, np.sqrt(rows[detail, USQ]) / w)
     scalars: dict[str, tuple[np.ndarray, np.ndarray]] = {
         LR: (steps, scal[:, LR_COL]),
         GRAD_NORM_TOTAL: (steps, np.sqrt(gsq.sum(axis=1))),
