@@ -179,23 +179,30 @@ class WandbRun:
 
     def __init__(self, directory: Path) -> None:
         self.directory, self.run, self.next_idx = directory, None, 0
+        self.failed: str | None = None
 
     def watch(self, model: nn.Module, log: str, log_freq: int) -> Any:
         wandb = optional("wandb", "wandb")
+        if self.failed is not None:
+            raise Skip(self.failed)
         if self.run is None:
             # never online from a benchmark, whatever the environment says
             os.environ.update(
                 WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(self.directory)
             )
-            settings = wandb.Settings(
-                console="off", x_disable_stats=True, x_disable_meta=True, silent=True
-            )
-            self.run = wandb.init(
-                mode="offline",
-                dir=str(self.directory),
-                project="gradguard-overhead",
-                settings=settings,
-            )
+            wanted = dict(console="off", x_disable_stats=True, x_disable_meta=True, silent=True)
+            known = getattr(wandb.Settings, "model_fields", wanted)  # x_ settings may come and go
+            settings = wandb.Settings(**{k: v for k, v in wanted.items() if k in known})
+            try:
+                self.run = wandb.init(
+                    mode="offline",
+                    dir=str(self.directory),
+                    project="gradguard-overhead",
+                    settings=settings,
+                )
+            except Exception as e:  # e.g. its service process cannot start here
+                self.failed = f"wandb.init(mode='offline') failed: {type(e).__name__}: {e}"
+                raise Skip(self.failed) from e
         if wandb.run is not self.run:  # the hooks log to wandb.run
             raise Skip("another wandb run is active in this process: its hooks would log there")
         self.run.watch(model, log=log, log_freq=log_freq, idx=self.next_idx)
@@ -239,7 +246,10 @@ class GradguardVariant(Variant):
         super().__init__(model, opt)
         try:
             self.mon = gg.watch(model, opt, store=store, **options)
-        except (ConfigError, TypeError) as e:  # an option this version of gradguard lacks
+        except (ConfigError, TypeError) as e:
+            if not options:  # the defaults must run: this is a bug, not a missing option
+                raise
+            # an option this version of gradguard lacks (budget= before it was added)
             raise Skip(f"this gradguard's gg.watch does not take {options}: {e}") from e
 
     def after_step(self, loss: torch.Tensor) -> None:
@@ -268,7 +278,6 @@ class WandbVariant(Variant):
 class TensorBoardVariant(Variant):
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, directory: Path) -> None:
         super().__init__(model, opt)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tensorboard may load TensorFlow
         tb = optional("torch.utils.tensorboard", "tensorboard")
         self.writer = tb.SummaryWriter(log_dir=str(directory))
         self.named = list(model.named_parameters())
