@@ -495,8 +495,11 @@ def markdown(results: dict) -> str:
         ]
         for k in sorted(ratio, key=lambda k: (rank.get(k, 0), k != "bare")):
             shown = f"**{k}**" if k in GRADGUARD else k
+            what = VARIANTS[k]
+            if k.endswith("-100"):  # its histograms fire once per 100 steps of this variant
+                what += f" (logged {res['steps_per_variant'] // 100}x in {res['steps_per_variant']} steps)"
             out.append(
-                f"| {rank.get(k, '—')} | {shown} | {VARIANTS[k]} | {1e3 * med[k]:.2f} | "
+                f"| {rank.get(k, '—')} | {shown} | {what} | {1e3 * med[k]:.2f} | "
                 f"{ratio[k]:.3f} | {'—' if k == 'bare' else pct(ratio[k])} |"
             )
         ours = [f"{k} {rank[k]}" for k in GRADGUARD if k in rank]
