@@ -446,7 +446,8 @@ def bench(
             rng.shuffle(order)
             for kind in order:
                 per_round[kind].append(time_steps(name, setups[kind], batch, steps))
-            print(f"  {name} round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+            took = ", ".join(f"{k} {1e3 * per_round[k][-1]:.0f}" for k in setups)
+            print(f"  {name} round {r + 1}/{rounds} (ms/step: {took})", file=sys.stderr, flush=True)
     finally:
         for v in setups.values():
             v.close()
@@ -569,6 +570,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(VARIANTS)} (bare is always run: the reference)",
     )
     ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's own, one per core); 1 keeps other jobs on a shared "
+        "machine from stalling every parallel op (a descheduled thread holds up the others)",
+    )
+    ap.add_argument(
         "--steps-only",
         action="store_true",
         help="time the training steps only (skip the statistics-alone and floor measurements)",
@@ -579,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; use some of {','.join(VARIANTS)}")
     kinds = ["bare"] + [k for k in dict.fromkeys(kinds) if k != "bare"]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     copy_bw, read_bw = bandwidths(16 if args.quick else 256)
     results: dict = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
