@@ -3,6 +3,7 @@
     python benchmarks/overhead.py                       # full: W1 and W2, all variants (~15 min on 2 cores)
     python benchmarks/overhead.py --quick               # tiny sizes, a smoke run (< 60 s)
     python benchmarks/overhead.py --variants bare,watch,wandb-grad-1 --workloads W1 --markdown
+    python benchmarks/overhead.py --threads 1 --rounds 5 --steps 20   # on a machine shared with other jobs
 
 Workloads:
   W1  24 x Linear(512, 512) + tanh, batch 256, SGD
