@@ -24,11 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_once(src: Path, out: Path, quick: bool) -> dict:
+def run_once(src: Path, out: Path, quick: bool, workloads: str) -> dict:
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks" / "overhead.py"),
         "--steps-only",
+        "--variants",
+        "bare,bare2,watch,light",
+        "--workloads",
+        workloads,
         "--json",
         str(out),
     ]
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| workload | variant | baseline overhead | current overhead |")
     print("|---|---|---:|---:|")
     for name in results["current"][0]["workloads"]:
-        for kind in ("bare2", "watch", "grad-only"):
+        for kind in ("bare2", "watch", "light"):
             med = {
                 label: statistics.median(r["workloads"][name]["median_ratio"][kind] for r in runs)
                 for label, runs in results.items()
