@@ -35,6 +35,8 @@ def simulate(
     flush_every: int = 100,
     jitter: float = 0.0,
     seed: int = 0,
+    pause_every: int = 0,
+    pause: float = 0.0,
 ) -> tuple[Budget, float, list[tuple[int, int]]]:
     """Drive a Budget with known costs; returns it, the true overhead over the run, the plans."""
     rng = np.random.default_rng(seed)
@@ -61,7 +63,9 @@ def simulate(
         ours += cost
         bare_sum += step - cost
         clock.t += step
-        adjusting = b._win.steps + 1 >= ADJUST_EVERY
+        if pause_every and s % pause_every == pause_every - 1:
+            clock.t += pause  # not training: evaluation, a checkpoint, another program's turn
+        adjusting = len(b._win.bare) + 1 >= ADJUST_EVERY
         b.end_step(next_step=s + 1)
         if adjusting:
             plans.append((b.record.period, b.detail.period))
@@ -74,6 +78,14 @@ def test_overhead_over_500_steps_is_within_a_point_of_the_budget(fraction: float
     assert abs(true - fraction) <= 0.01, true
     assert b.overhead() == pytest.approx(true, rel=0.05)  # what the budget measured is the truth
     assert not b.floor_hit
+
+
+def test_pauses_between_steps_do_not_make_watching_look_cheap() -> None:
+    # a 2 s pause every 40 steps (50x a step) is not training time: counting it as step time made
+    # the budget think its work cost ~1% and ask for a detail step every step
+    b, true, _ = simulate(0.03, jitter=0.1, pause_every=40, pause=2.0)
+    assert abs(true - 0.03) <= 0.01, true
+    assert b.bare == pytest.approx(0.040, rel=0.1)
 
 
 def test_detail_steps_are_spaced_before_recorded_steps_are_thinned() -> None:

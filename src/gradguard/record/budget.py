@@ -28,6 +28,7 @@ undercounts (not yet measured on a GPU; docs/monitor.md says so).
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,8 +96,7 @@ class _Window:
     det_n: int = 0
     flush_cost: float = 0.0
     flush_n: int = 0
-    step_time: float = 0.0  # whole steps, our work included
-    steps: int = 0
+    bare: list[float] = field(default_factory=list)  # each step's wall time less our work in it
 
 
 @dataclass
@@ -128,6 +128,7 @@ class Budget:
     floor_hit: bool = False
     _win: _Window = field(default_factory=_Window)
     _step_cost: float = 0.0
+    _step_flush: float = 0.0
     _step_detail: bool = False
     _step_recorded: bool = False
     _last_end: float | None = None
@@ -166,6 +167,7 @@ class Budget:
     def add_flush(self, seconds: float) -> None:
         self._win.flush_cost += seconds
         self._win.flush_n += 1
+        self._step_flush += seconds
 
     def end_step(self, next_step: int) -> dict[str, Any] | None:
         """The optimizer step is done: book its cost and wall time; every ``ADJUST_EVERY`` steps
@@ -182,8 +184,7 @@ class Budget:
         now = self.clock()
         w = self._win
         if self._last_end is not None:
-            w.step_time += now - self._last_end
-            w.steps += 1
+            w.bare.append(now - self._last_end - self._step_cost - self._step_flush)
         self._last_end = now
         if self._step_detail:
             w.det_cost += self._step_cost
@@ -191,11 +192,12 @@ class Budget:
         elif self._step_recorded:
             w.rec_cost += self._step_cost
             w.rec_n += 1
-        self._step_cost, self._step_detail, self._step_recorded = 0.0, False, False
+        self._step_cost, self._step_flush = 0.0, 0.0
+        self._step_detail, self._step_recorded = False, False
 
     # ------------------------------------------------------------------ choosing
     def ready(self) -> bool:
-        return self._win.steps >= ADJUST_EVERY
+        return len(self._win.bare) >= ADJUST_EVERY
 
     def adjust(self, next_step: int) -> dict[str, Any] | None:
         """Update the estimates from the last window and choose the periods from ``next_step``
@@ -214,12 +216,14 @@ class Budget:
     def settle(self) -> None:
         """Fold the costs of the steps since the last call into the running estimates."""
         w, self._win = self._win, _Window()
-        if w.steps == 0:
+        if not w.bare:
             return
         ours = w.rec_cost + w.det_cost + w.flush_cost
-        bare = max(w.step_time - ours, 1e-9) / w.steps
+        # the median step: a pause between steps (evaluation, a checkpoint, another job on the
+        # machine) is not training time, and must not make our work look cheap
+        bare = max(statistics.median(w.bare), 1e-9)
         self.bare = _ema(self.bare, bare)
-        self.bare_total += bare * w.steps
+        self.bare_total += bare * len(w.bare)
         self.spent += ours
         if w.rec_n:
             self.c_rec = _ema(self.c_rec, w.rec_cost / w.rec_n)
