@@ -402,7 +402,8 @@ def grad_stats_alone(name: str, quick: bool, reps: int) -> tuple[float, float]:
     ts, tn = [], []
     for i in range(reps):
         t0 = time.perf_counter()
-        mon.grads.take(mon.buffer, mon.buffer.slot(i))  # the probe alone, as each step runs it
+        # the probe alone, as each step runs it (weight norms are read on detail steps only)
+        mon.grads.take(mon.buffer, mon.buffer.slot(i), weights=False)
         ts.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         torch.stack(torch._foreach_norm(grads))
