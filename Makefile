@@ -47,6 +47,7 @@ test: lint typecheck pytest
 # every benchmark behind docs/benchmarks.md, one after the other (about 10 minutes on 2 cores);
 # run it on a quiet machine
 bench: $(VENV)/.dev-installed
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/overhead.py --json bench-overhead.json
 	$(BIN)/python benchmarks/clip.py
 	$(BIN)/python benchmarks/check.py
