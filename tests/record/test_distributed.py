@@ -184,6 +184,33 @@ def _nonfinite_on_one_rank(rank: int, out: Path) -> None:
     mon.close()
 
 
+def _ddp_budget(rank: int, out: Path) -> None:
+    """budget= under DDP, rank 1 believing its work costs 50x what rank 0's does: left alone each
+    rank would choose its own schedule and the ranks would record different steps (each recorded
+    step is a collective). Saves the steps recorded and the (record, detail) periods per step."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model = make_model()
+    ddp = DDP(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
+    mon = gg.watch(model, opt, budget=0.9, flush_every=5, diagnose_online=False)
+    assert mon.budget is not None and mon.budget.agree is not None
+    if rank == 1:
+        add = mon.budget.add
+        mon.budget.add = lambda seconds: add(50 * seconds)  # type: ignore[method-assign]
+    periods = []
+    for s in range(60):
+        x, y = global_batch(s % STEPS)
+        opt.zero_grad()
+        nn.functional.mse_loss(ddp(part(x, rank, WORLD)), part(y, rank, WORLD)).backward()
+        opt.step()
+        periods.append((mon.budget.record.period, mon.budget.detail.period))
+    mon.flush()
+    steps = mon.run.metric("grad_norm")[0]
+    np.savez(out / f"budget-{rank}.npz", steps=steps, periods=np.array(periods))
+    mon.close()
+
+
 def _worker(rank: int, port: int, out: str, fsdp: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -195,6 +222,7 @@ def _worker(rank: int, port: int, out: str, fsdp: bool) -> None:
         _ddp(rank, o, o / "ddp.db")
         _ddp_no_sync(rank, o)
         _nonfinite_on_one_rank(rank, o)
+        _ddp_budget(rank, o)
         from examples import ddp_example
 
         np.save(o / f"example-loss-{rank}.npy", ddp_example.train(rank, o / "example.db", steps=3))
@@ -323,6 +351,14 @@ def test_nonfinite_on_one_rank_reaches_every_rank(ranks_out: Path) -> None:
         # a tensor non-finite on any rank counts once (maxed over ranks; a sum over the 2 copies
         # divided by 2 would say 0.5)
         np.testing.assert_array_equal(got["nonfinite"][0], [1, 1, 0, 0])
+
+
+def test_ddp_ranks_agree_on_the_budget_schedule(ranks_out: Path) -> None:
+    r0, r1 = (np.load(ranks_out / f"budget-{r}.npz") for r in range(WORLD))
+    np.testing.assert_array_equal(r0["periods"], r1["periods"])  # the same plan on both ranks
+    np.testing.assert_array_equal(r0["steps"], r1["steps"])  # hence the same steps recorded
+    assert len(set(map(tuple, r0["periods"]))) > 1  # the budget did re-plan during the run
+    assert len(r0["steps"]) < 60  # and thinned the recorded steps: rank 1's work looks dear
 
 
 def test_replication_factor_of_plain_and_sharded_tensors() -> None:

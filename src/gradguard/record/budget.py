@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradguard.errors import ConfigError
+from gradguard.record.reduce import LocalReducer
 
 __all__ = [
     "Budget",
@@ -45,6 +46,7 @@ __all__ = [
     "SCHEDULE",
     "describe",
     "BudgetHooks",
+    "distributed_agree",
 ]
 
 SCHEDULE = "schedule"  # the event kind of a schedule the budget chose
@@ -116,6 +118,9 @@ class Budget:
     default_detail: int = 10
     max_detail: int | None = None
     clock: Callable[[], float] = time.perf_counter
+    # under torch.distributed: the mean of each rank's estimates (a collective), so that every rank
+    # picks the same schedule; None for one process
+    agree: Callable[[list[float]], list[float]] | None = None
     record: Adaptive = field(default_factory=Adaptive)
     detail: Adaptive = field(default_factory=Adaptive)
     # running estimates (seconds): a recorded step, what a detail step adds, a flush, a bare step
@@ -144,13 +149,14 @@ class Budget:
         return config.record_every, config.detail_every
 
     @classmethod
-    def of(cls, config: Any) -> Budget | None:
+    def of(cls, config: Any, reducer: Any = None) -> Budget | None:
         """The budget a WatchConfig asks for (None: no budget); it starts from the config's
-        detail period when that is ``every(n)``."""
+        detail period when that is ``every(n)``; ranks agree through ``reducer``."""
         if config.budget is None:
             return None
         start = getattr(config.detail_every, "n", 10)
-        return cls(config.budget, config.flush_every, default_detail=start)
+        agree = None if reducer is None else distributed_agree(reducer)
+        return cls(config.budget, config.flush_every, default_detail=start, agree=agree)
 
     # ------------------------------------------------------------------ measuring
     def span(self) -> _Span:
@@ -169,11 +175,25 @@ class Budget:
         self._win.flush_n += 1
         self._step_flush += seconds
 
-    def end_step(self, next_step: int) -> dict[str, Any] | None:
+    def end_step(self, next_step: int, *, at_flush: bool = False) -> dict[str, Any] | None:
         """The optimizer step is done: book its cost and wall time; every ``ADJUST_EVERY`` steps
-        re-plan from ``next_step`` on. Returns the new schedule when it changed."""
+        re-plan from ``next_step`` on. Returns the new schedule when it changed.
+
+        Under torch.distributed (``agree`` set) the ranks must record the same steps (each
+        recorded step is a collective), so they re-plan together: only at an automatic flush
+        (``at_flush``: the buffer filled up, at the same step on every rank, as long as the
+        schedules agree), from the mean of their estimates."""
         self._book()
-        return self.adjust(next_step) if self.ready() else None
+        if self.agree is None:
+            return self.adjust(next_step) if self.ready() else None
+        if not at_flush:
+            return None
+        self.settle()
+        shared = self.agree(
+            [self.c_rec, self.c_detail, self.c_flush, self.bare, self.spent, self.bare_total]
+        )
+        self.c_rec, self.c_detail, self.c_flush, self.bare, self.spent, self.bare_total = shared
+        return self.adjust(next_step)
 
     def final(self) -> dict[str, Any] | None:
         """The schedule and the overhead over the whole run, once anything was measured."""
@@ -301,6 +321,21 @@ def describe(state: dict[str, Any], *, final: bool = False) -> str:
     )
 
 
+def distributed_agree(reducer: Any) -> Callable[[list[float]], list[float]] | None:
+    """How the ranks agree on the budget's estimates: the reducer's ``agree`` (a collective) when
+    it combines across processes, None for one process (``LocalReducer``)."""
+    if isinstance(reducer, LocalReducer):
+        return None
+    agree = getattr(reducer, "agree", None)
+    if agree is None:
+        raise ConfigError(
+            f"budget= with the reducer {type(reducer).__name__}, which has no agree(values) "
+            "method: under torch.distributed every rank must choose the same schedule; add "
+            "agree() (the mean over the ranks) to the reducer or leave budget=None"
+        )
+    return agree  # type: ignore[no-any-return]
+
+
 class _Span:
     __slots__ = ("budget", "t0")
 
@@ -335,12 +370,13 @@ class BudgetHooks:
             flushes = r._flush_seconds - flushes_before
             r.budget.add(time.perf_counter() - t0 - flushes + hooks)
 
-    def end_step(self) -> None:
+    def end_step(self, *, at_flush: bool = False) -> None:
         """The budget books the step and may re-plan from the next step on (call it before the
-        next step's probes are armed); a new plan is an event."""
+        next step's probes are armed); a new plan is an event. ``at_flush``: the step ended with
+        an automatic flush (ranks re-plan together there)."""
         r = self.rec
         if r.budget is not None:
-            self._event(r.budget.end_step(next_step=r.step_count), final=False)
+            self._event(r.budget.end_step(next_step=r.step_count, at_flush=at_flush), final=False)
 
     def close(self) -> None:
         if self.rec.budget is not None:

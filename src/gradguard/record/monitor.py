@@ -90,7 +90,7 @@ class Recorder:
         self.step_count = 0
         self.failures = Failures(self.config.strict)
         # the schedules in force: the config's, or the ones an overhead budget adapts
-        self.budget = Budget.of(self.config)
+        self.budget = Budget.of(self.config, self.reducer)
         self.record_schedule, self.detail_schedule = Budget.schedules_of(self.budget, self.config)
         self.costs = BudgetHooks(self)  # times this recorder's work for the budget
         self._flush_seconds = 0.0  # all flushes so far (a step's own cost leaves them out)
@@ -237,10 +237,11 @@ class Recorder:
             self._update_step = None
         self.step_count = s + 1
         self._just_stepped = True
-        if self.buffer.full:
+        automatic = self.buffer.full
+        if automatic:
             self.flush(wait=False)  # automatic: the commit happens on the writer thread
         self.costs.book(t0, f0)
-        self.costs.end_step()
+        self.costs.end_step(at_flush=automatic)
         t0, f0 = time.perf_counter(), self._flush_seconds
         self._prepare_step(self.step_count)
         self.costs.book(t0, f0)  # booked to the coming step

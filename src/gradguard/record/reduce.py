@@ -88,6 +88,12 @@ class Reducer(Protocol):
         """Combine float64 ``rows`` ``[k, L]`` across ranks, row ``i`` as ``how[i]`` says."""
         ...
 
+    def agree(self, values: Sequence[float]) -> list[float]:
+        """The mean of ``values`` over the ranks, the same on every rank (host numbers: the overhead
+        budget's cost estimates, so that every rank picks the same schedule). A collective: every
+        rank calls it at the same point."""
+        ...
+
 
 class LocalReducer:
     """One process (or each rank keeps its own numbers): nothing to combine."""
@@ -99,6 +105,9 @@ class LocalReducer:
 
     def reduce(self, rows: torch.Tensor, how: Sequence[Combine]) -> torch.Tensor:
         return rows
+
+    def agree(self, values: Sequence[float]) -> list[float]:
+        return [float(v) for v in values]
 
 
 def default_reducer() -> Reducer:
@@ -222,6 +231,19 @@ class DistributedReducer:
             dist.all_reduce(m, op=dist.ReduceOp.MAX, group=self.group)
             out[maxed] = torch.where(nan_count > 0, math.nan, m)
         return out
+
+    def agree(self, values: Sequence[float]) -> list[float]:
+        """The mean of ``values`` over the group, read back to the host: one small all_reduce (on
+        the current CUDA device under NCCL, which reduces device tensors only). NaN stays NaN."""
+        backend = str(dist.get_backend(self.group)).lower()
+        device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if "nccl" in backend and torch.cuda.is_available()
+            else torch.device("cpu")
+        )
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        return (t / self.world_size).tolist()
 
     def _factors(self, n_layers: int, device: torch.device) -> torch.Tensor:
         if self._factor is None or self._factor.shape[0] != n_layers:
