@@ -51,7 +51,7 @@ __all__ = [
 
 SCHEDULE = "schedule"  # the event kind of a schedule the budget chose
 
-ADJUST_EVERY = 10  # steps between adjustments (CPU); accelerators adjust at each flush
+ADJUST_EVERY = 10  # steps between adjustments (one process; ranks re-plan together at each flush)
 MAX_RECORD_PERIOD = 4  # the rules' floor: at least one recorded step in this many
 _EMA = 0.3  # weight of the newest window in the running cost estimates
 _HORIZON = 200  # steps over which the spending so far is paid back (or made up)
