@@ -29,7 +29,7 @@ from keras import ops
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.online import OnlineDiagnosis
 from gradguard.errors import ConfigError, GradguardError
-from gradguard.keras._activations import ACT_ROWS, probe_for
+from gradguard.keras._activations import ACT_ROWS, describe, probe_for
 from gradguard.keras._layers import KerasLayers, discover
 from gradguard.keras._rows import (
     COUNT1,
@@ -122,9 +122,7 @@ class KerasMonitor:
             "optimizer": type(optimizer).__name__,
             "model": type(model).__name__,
             "residual": table.residual,
-            "activations": "inference-mode forward of the step's batch on detail steps"
-            if self.probe is not None
-            else "not recorded (subclassed model)",
+            **describe(self.probe),
             **dict(run_config or {}),
         }
         diagnosis = DiagnosisConfig()
@@ -335,11 +333,12 @@ class KerasMonitor:
         """(ACT_ROWS, L) activation rows on detail steps, NaN on the others."""
         assert self.probe is not None
         probe = self.probe
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if self.detail_every == 1:
-            return probe.rows(x)
+            return probe.rows(data)
         nan = ops.full((ACT_ROWS, len(self.layers)), math.nan, "float32")
-        return ops.cond(ops.equal(step % self.detail_every, 0), lambda: probe.rows(x), lambda: nan)
+        return ops.cond(
+            ops.equal(step % self.detail_every, 0), lambda: probe.rows(data), lambda: nan
+        )
 
     def _loss_into(self, scal: Any, count: Any, t0: Any, c0: Any, t1: Any, c1: Any) -> Any:
         """``scal`` with the tracker's (total, count) before and after written into the row of
