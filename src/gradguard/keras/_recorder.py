@@ -163,7 +163,10 @@ class KerasMonitor:
         self._ring = [self._rows, self._scalars, self._steps, self._count]
         self._acts = None
         if self.probe is not None:
-            self._acts = opt.add_variable((self.slots, ACT_ROWS, n_layers), name="gradguard_acts")
+            # NaN until a detail step writes its row (a custom loop never does: no batch here)
+            nan = keras.initializers.Constant(math.nan)
+            shape = (self.slots, ACT_ROWS, n_layers)
+            self._acts = opt.add_variable(shape, initializer=nan, name="gradguard_acts")
             self._ring.append(self._acts)
 
     def _wrap(self) -> None:
