@@ -17,9 +17,9 @@ def check_host_reads(reads: dict[str, Any]) -> None:
 
 def check_store(store: dict[str, Any], backend: str) -> None:
     assert store["runs"] == ["run-1", "run-2"]
-    # every per-layer metric but dL/dh (not recorded from Keras)
-    recorded = set(LAYER_METRICS) - {ACT_GRAD_NORM}
-    assert set(store["metrics"]) == recorded
+    # every per-layer metric, dL/dh included (the model has a compiled loss)
+    assert set(store["metrics"]) == set(LAYER_METRICS)
+    assert ACT_GRAD_NORM in store["metrics"]
     assert {LOSS, LR} <= set(store["scalars"])
     # the second fit continues the optimizer's step count: 128 / 16 * 2 epochs = 16 steps before
     assert store["steps"] == list(range(16, 24))
@@ -54,6 +54,12 @@ def check_diagnosis(diag: dict[str, Any]) -> None:
         return tuple(diag[name]["findings"][0])  # type: ignore[return-value]
 
     assert top("sigmoid20") == ("vanishing_gradients", "critical")
+    # the evidence is dL/dh (act_grad_norm), as in a PyTorch run, and it falls toward the input
+    assert diag["sigmoid20"]["signal"] == ACT_GRAD_NORM
+    agn = diag["sigmoid20"]["agn_last"]
+    assert len(agn) == 21 and all(v > 0 for v in agn)
+    assert agn[0] < 1e-3 * agn[19]
+    assert sum(a < b for a, b in zip(agn[:19], agn[1:20])) >= 17  # rises layer by layer
     assert top("normal1_relu") == ("exploding_gradients", "critical")
     assert [k for k, _ in diag["he_relu"]["findings"]] == ["healthy"]
     sigmoid_fix = diag["sigmoid20"]["remedies"][0]
@@ -117,6 +123,11 @@ def check_custom_loop(loop: dict[str, Any]) -> None:
         assert loop["got"][layer] == pytest.approx(ref, rel=1e-5), layer
     assert loop["loss"] == pytest.approx(loop["ref_loss"], rel=1e-5)
     assert loop["reads_before_close"] == 10
+    # no compiled loss: no dL/dh, and the run's config says why
+    assert loop["config_agn"] == "not recorded (no compiled loss)" and not loop["has_agn"]
+    # the step never hands its batch to the monitor: no activation statistics (the ring's
+    # unwritten rows once read as zeros)
+    assert not loop["has_act_std"]
     assert loop["unwrapped"]
 
 
