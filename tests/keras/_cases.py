@@ -532,9 +532,11 @@ def case_custom_loop(work: Path) -> dict[str, Any]:
     opt = keras.optimizers.SGD(0.05)
     opt.build(model.trainable_variables)
     w0 = weights(model)
+    ref_agn = reference_act_grads("residual", model, x[:8], y[:8])
     ref, ref_loss = reference(model, x[:8], y[:8])
     restore(model, w0)
     lf = loss_fn()
+    model.compile(optimizer=opt, loss=lf)  # the compiled loss: dL/dh from record_batch
     mon = gg.keras.watch(model, opt, store=work / "loop.db", flush_every=5, detail_every=1)
 
     def step(xb: Any, yb: Any) -> None:
@@ -547,6 +549,7 @@ def case_custom_loop(work: Path) -> dict[str, Any]:
         else:
             grads_ref = reference_grads(model, xb, yb)
             loss, grads = grads_ref
+        mon.record_batch(xb, yb)  # before apply: the weights of the step's own forward
         opt.apply(grads, model.trainable_variables)
         mon.record_loss(loss)
 
@@ -560,6 +563,16 @@ def case_custom_loop(work: Path) -> dict[str, Any]:
             mon.step()
         reads_before_close = mon.host_reads
     run = gg.load(work / "loop.db")
+    # without a compiled loss (and without record_batch): no dL/dh, no activation statistics
+    small = dense()
+    plain = gg.keras.watch(small, keras.optimizers.SGD(), flush_every=2, diagnose_online=False)
+    plain_config = plain.run_log.config[ACT_GRAD_NORM]
+    for _ in range(2):  # two steps with zero gradients, eager
+        zeros = [keras.ops.zeros(v.shape) for v in small.trainable_variables]
+        plain.optimizer.apply(zeros, small.trainable_variables)
+        plain.step()
+    plain_metrics = sorted(plain.run.metric_names)
+    plain.close()
     steps, vals = run.metric(GRAD_NORM)
     ls, lv = run.scalar(LOSS)
     names = [lay.name for lay in run.layers]
@@ -570,9 +583,11 @@ def case_custom_loop(work: Path) -> dict[str, Any]:
         "loss": float(lv[0]),
         "ref_loss": ref_loss,
         "reads_before_close": reads_before_close,
-        "config_agn": run.config.get(ACT_GRAD_NORM),
-        "has_agn": ACT_GRAD_NORM in run.metric_names,
-        "has_act_std": ACT_STD in run.metric_names,
+        "agn_steps": run.metric(ACT_GRAD_NORM)[0].tolist(),
+        "agn": {n: float(run.metric(ACT_GRAD_NORM)[1][0, i]) for i, n in enumerate(names)},
+        "ref_agn": ref_agn,
+        "plain_config_agn": plain_config,
+        "plain_metrics": plain_metrics,
         "failures": dict(mon.failures),
         "unwrapped": "apply" not in opt.__dict__,
     }

@@ -5,7 +5,15 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from gradguard.metrics import ACT_GRAD_NORM, LAYER_METRICS, LOSS, LR, UPDATE_RATIO
+from gradguard.metrics import (
+    ACT_GRAD_NORM,
+    ACT_STD,
+    GRAD_NORM,
+    LAYER_METRICS,
+    LOSS,
+    LR,
+    UPDATE_RATIO,
+)
 
 
 def check_host_reads(reads: dict[str, Any]) -> None:
@@ -123,11 +131,16 @@ def check_custom_loop(loop: dict[str, Any]) -> None:
         assert loop["got"][layer] == pytest.approx(ref, rel=1e-5), layer
     assert loop["loss"] == pytest.approx(loop["ref_loss"], rel=1e-5)
     assert loop["reads_before_close"] == 10
+    # mon.record_batch(x, y) inside the step: dL/dh of every step (detail_every=1), step 0
+    # against the backend's autodiff at the weights before the update
+    assert loop["agn_steps"] == list(range(12))
+    for layer, ref in loop["ref_agn"].items():
+        assert loop["agn"][layer] == pytest.approx(ref, rel=1e-5), layer
     # no compiled loss: no dL/dh, and the run's config says why
-    assert loop["config_agn"] == "not recorded (no compiled loss)" and not loop["has_agn"]
-    # the step never hands its batch to the monitor: no activation statistics (the ring's
-    # unwritten rows once read as zeros)
-    assert not loop["has_act_std"]
+    assert loop["plain_config_agn"] == "not recorded (no compiled loss)"
+    # and no activation statistics: the ring's unwritten rows are NaN (they once read as zeros)
+    assert GRAD_NORM in loop["plain_metrics"]
+    assert not {ACT_STD, ACT_GRAD_NORM} & set(loop["plain_metrics"])
     assert loop["unwrapped"]
 
 
