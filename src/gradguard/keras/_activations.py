@@ -48,8 +48,14 @@ class ActivationProbe:
         self.n_layers = n_layers
         self.loss = loss  # the compiled loss, or None: no dL/dh
         self.why_no_loss = why_no_loss
-        # column -> the layer owning its weights: dL/dh is taken at that layer's own output
-        self.units = {c: table.units[c] for c in columns if table.units[c] is not None}
+        # column -> the layer owning its weights: dL/dh is taken at that layer's own output; a
+        # layer called at several places of the graph has no one h (its column gets NaN)
+        self.units = {
+            c: unit
+            for c in columns
+            if (unit := table.units[c]) is not None
+            and len(getattr(unit, "_inbound_nodes", ())) <= 1
+        }
         self.thresholds: list[tuple[float, float] | None] = []
         for col in columns:
             kind = kind_of(table.layers[col].activation)
