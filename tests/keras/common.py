@@ -69,6 +69,7 @@ def check_diagnosis(diag: dict[str, Any]) -> None:
     assert agn[0] < 1e-3 * agn[19]
     assert sum(a < b for a, b in zip(agn[:19], agn[1:20])) >= 17  # rises layer by layer
     assert top("normal1_relu") == ("exploding_gradients", "critical")
+    assert diag["normal1_relu"]["signal"] == ACT_GRAD_NORM  # dL/dh grows toward the input
     assert [k for k, _ in diag["he_relu"]["findings"]] == ["healthy"]
     sigmoid_fix = diag["sigmoid20"]["remedies"][0]
     assert sigmoid_fix.startswith('activation="relu"') and "nn." not in sigmoid_fix
