@@ -637,11 +637,27 @@ def case_failure_isolated() -> dict[str, Any]:
     finally:
         recorder.grad_rows = original
     assert cb.monitor is not None
+    # dL/dh that raises: the activation statistics are taken without it
+    import gradguard.keras._activations as activations
+
+    original_shift = activations.shift_gradients
+    activations.shift_gradients = broken
+    try:
+        with warnings.catch_warnings(record=True) as caught_agn:
+            warnings.simplefilter("always")
+            cb2 = Watch(flush_every=2, detail_every=1, diagnose_online=False)
+            model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[cb2])
+    finally:
+        activations.shift_gradients = original_shift
+    assert cb2.monitor is not None and cb2.run is not None
     return {
         "moved": not all(np.array_equal(a, b) for a, b in zip(w0, weights(model))),
         "loss": [float(v) for v in hist.history["loss"]],
         "failures": dict(cb.monitor.failures),
         "warnings": [str(w.message) for w in caught if "gradguard" in str(w.message)],
+        "agn_failures": dict(cb2.monitor.failures),
+        "agn_warnings": [str(w.message) for w in caught_agn if "gradguard" in str(w.message)],
+        "agn_metrics": sorted(cb2.run.metric_names),
     }
 
 

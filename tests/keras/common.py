@@ -153,6 +153,11 @@ def check_failure_isolated(iso: dict[str, Any]) -> None:
     assert list(iso["failures"]) == ["gradient statistics"]
     assert "injected failure" in iso["failures"]["gradient statistics"]
     assert len(iso["warnings"]) == 1 and "switched off" in iso["warnings"][0]
+    # a failing dL/dh: reported once, the activation statistics go on without it
+    part = f"dL/dh ({ACT_GRAD_NORM})"  # gradguard.keras._activations.GRAD_PART (no keras here)
+    assert list(iso["agn_failures"]) == [part]
+    assert len(iso["agn_warnings"]) == 1 and part in iso["agn_warnings"][0]
+    assert ACT_STD in iso["agn_metrics"] and ACT_GRAD_NORM not in iso["agn_metrics"]
 
 
 def check_detail(detail: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ own output (:mod:`gradguard.keras._act_grads`): ``act_grad_norm``, ``||dL/dh||``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -25,10 +26,18 @@ from gradguard.keras._layers import KerasLayers
 from gradguard.metrics import ACT_GRAD_NORM
 from gradguard.model.activations import kind_of, saturation_tolerance
 
-__all__ = ["ACT_ROWS", "ActivationProbe", "probe_for", "describe"]
+__all__ = ["ACT_ROWS", "GRAD_PART", "ActivationProbe", "probe_for", "describe"]
 
 # mean, std, fraction == 0, fraction within 1% of a bounded activation's bounds, ||dL/dh||
 ACT_ROWS = 5
+
+
+GRAD_PART = f"dL/dh ({ACT_GRAD_NORM})"  # the part's name in the monitor's failures
+Guard = Callable[[str, Callable[[], Any]], Any]
+
+
+def _unguarded(part: str, fn: Callable[[], Any]) -> Any:
+    return fn()
 
 
 class ActivationProbe:
@@ -63,23 +72,26 @@ class ActivationProbe:
             finite = bounds is not None and all(math.isfinite(b) for b in bounds)
             self.thresholds.append(saturation_tolerance(bounds) if finite and bounds else None)
 
-    def rows(self, data: Any) -> Any:
+    def rows(self, data: Any, guard: Guard = _unguarded) -> Any:
         """Per-layer mean, std, zero fraction, saturated fraction and ||dL/dh|| of the batch
-        ``data`` (what ``train_step`` gets; NaN: not measured)."""
+        ``data`` (what ``train_step`` gets; NaN: not measured). ``guard(part, fn)`` runs the
+        dL/dh part (None: it failed, the statistics are taken without it)."""
         x, y, weight = keras.utils.unpack_x_y_sample_weight(data)
         nan = ops.full((), math.nan, "float32")
         grads: dict[int, Any] = {}
-        if self.loss is None:
-            outs = _listed(self.view(x, training=False))
-        elif y is None or keras.tree.is_nested(y):  # no targets, or several: no dL/dh
-            outs = _listed(self.view(x, training=False))[:-1]
-        else:
+        got = None
+        if self.loss is not None and y is not None and not keras.tree.is_nested(y):
 
             def forward() -> tuple[Any, Any]:
-                got = _listed(self.view(x, training=False))
-                return self.loss(y, got[-1], weight), got[:-1]
+                outs = _listed(self.view(x, training=False))
+                return self.loss(y, outs[-1], weight), outs[:-1]
 
-            outs, grads = shift_gradients(self.units, forward)
+            got = guard(GRAD_PART, lambda: shift_gradients(self.units, forward))
+        if got is not None:
+            outs, grads = got
+        else:  # no loss, no targets (or several), or dL/dh failed
+            outs = _listed(self.view(x, training=False))
+            outs = outs[:-1] if self.loss is not None else outs
         per_col: dict[int, Any] = {}
         for col, y, thr in zip(self.columns, outs, self.thresholds):
             y = ops.cast(y, "float32")

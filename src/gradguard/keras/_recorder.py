@@ -330,10 +330,12 @@ class KerasMonitor:
         assert self.probe is not None
         probe = self.probe
         if self.detail_every == 1:
-            return probe.rows(data)
+            return probe.rows(data, self._guard)
         nan = ops.full((ACT_ROWS, len(self.layers)), math.nan, "float32")
         return ops.cond(
-            ops.equal(step % self.detail_every, 0), lambda: probe.rows(data), lambda: nan
+            ops.equal(step % self.detail_every, 0),
+            lambda: probe.rows(data, self._guard),
+            lambda: nan,
         )
 
     def _loss_into(self, scal: Any, count: Any, t0: Any, c0: Any, t1: Any, c1: Any) -> Any:
