@@ -16,11 +16,14 @@ batch begin: what a step costs, without the epoch-end work and robust to bursts 
 Modes are interleaved ``--repeats`` times, fresh model each time; medians over the repeats.
 
 ``--paired N`` then measures the per-step cost at a finer grain: one model per mode (bare,
-``grads``, ``watch``) in the same process, built and compiled once, their compiled train steps
+``grads``, ``watch``, ``detail``: ``detail_every=1``, every step a detail step, whose median is
+the cost of a detail step) in the same process, built and compiled once, their compiled train steps
 called in turn N times (the order reversed every round), each step's process CPU time kept: the
 modes share every burst of load. ``KERAS_BACKEND`` picks the backend.
 
     KERAS_BACKEND=tensorflow python benchmarks/keras_overhead.py --clock cpu --paired 1000
+
+``--no-fit`` skips the fit part; ``--workloads K1`` times the MLP alone.
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ class Stepper:
         model.fit(x[: 2 * batch], y[: 2 * batch], batch_size=batch, epochs=1, verbose=0)
         self.monitor = None
         if mode != "bare":  # what Watch(...) of that mode records, without fit's callbacks
-            detail = 10**9 if mode == "grads" else 10
+            detail = {"grads": 10**9, "detail": 1}.get(mode, 10)
             self.monitor = KerasMonitor(model, flush_every=100, detail_every=detail)
         model.make_train_function()
         n = len(x) // batch
@@ -174,13 +177,16 @@ class Stepper:
             self.times.append(time.process_time() - t0)
 
 
+PAIRED = ("bare", "grads", "watch", "detail")
+
+
 def paired(build: Any, x: np.ndarray, y: np.ndarray, args: Any) -> dict[str, float]:
-    """Median per-step CPU time of bare / grads / watch, their steps called in turn."""
-    steppers = [Stepper(build, mode, x, y, args.batch) for mode in ("bare", "grads", "watch")]
+    """Median per-step CPU time of bare / grads / watch / detail, their steps called in turn."""
+    steppers = [Stepper(build, mode, x, y, args.batch) for mode in PAIRED]
     for r in range(args.paired):
         for s in steppers if r % 2 == 0 else steppers[::-1]:
             s.step()
-    return {m: statistics.median(s.times) for m, s in zip(("bare", "grads", "watch"), steppers)}
+    return {m: statistics.median(s.times) for m, s in zip(PAIRED, steppers)}
 
 
 def main() -> None:
@@ -194,6 +200,8 @@ def main() -> None:
     p.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="wall time or process CPU time"
     )
+    p.add_argument("--no-fit", action="store_true", help="the paired run only")
+    p.add_argument("--workloads", default="K1,K2", help="comma-separated: K1 (MLP), K2")
     args = p.parse_args()
     d = load_digits()
     n = args.steps * args.batch
@@ -204,16 +212,21 @@ def main() -> None:
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as logdir:
         for name, build in (("K1 MLP", mlp), ("K2 transformer", transformer)):
+            if name.split()[0] not in args.workloads.split(","):
+                continue
+            result[name] = {}
+            if args.paired:
+                result[name]["paired"] = paired(build, x, y, args)
+            if args.no_fit:
+                continue
             samples: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
             for _ in range(args.repeats):
                 for mode in MODES:
                     samples[mode].append(one(build, mode, x, y, args, logdir))
-            result[name] = {m: statistics.median(t for t, _ in v) for m, v in samples.items()}
+            result[name].update({m: statistics.median(t for t, _ in v) for m, v in samples.items()})
             result[name]["step"] = {
                 m: statistics.median(s for _, s in v) for m, v in samples.items()
             }
-            if args.paired:
-                result[name]["paired"] = paired(build, x, y, args)
     print(
         f"backend {keras.backend.backend()}, keras {keras.__version__}, clock {args.clock}, "
         f"load {load[0]:.1f} -> {os.getloadavg()[0]:.1f}"
@@ -221,6 +234,8 @@ def main() -> None:
     print("| workload | mode | ms/step (mean) | vs bare | one step (median) | vs bare |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, med in result.items():
+        if "step" not in med:
+            continue
         step = med["step"]
         for mode in MODES:
             rel, srel = med[mode] / med["bare"] - 1, step[mode] / step["bare"] - 1
@@ -230,12 +245,12 @@ def main() -> None:
             )
     if args.paired:
         print(f"paired, {args.paired} rounds, median CPU time of one step:")
-        print("| workload | bare | grads | watch |")
-        print("| --- | --- | --- | --- |")
+        print("| workload | bare | grads | watch | detail |")
+        print("| --- | --- | --- | --- | --- |")
         for name, med in result.items():
             pm = med["paired"]
             cells = [f"{pm['bare'] * 1e3:.3f} ms"] + [
-                f"{pm[m] * 1e3:.3f} ms ({pm[m] / pm['bare'] - 1:+.1%})" for m in ("grads", "watch")
+                f"{pm[m] * 1e3:.3f} ms ({pm[m] / pm['bare'] - 1:+.1%})" for m in PAIRED[1:]
             ]
             print(f"| {name} | " + " | ".join(cells) + " |")
     if args.json:

@@ -64,6 +64,12 @@ def assert_gradients_match(models: dict[str, Any]) -> None:
             assert m["got"][layer] == pytest.approx(ref, rel=RTOL), (name, layer)
         assert m["loss"] == pytest.approx(m["ref_loss"], rel=RTOL), name
         assert m["optimizer_vars_restored"], name
+        # ||dL/dh|| of step 0 (weights before the update) against the backend's autodiff on the
+        # rest of the network written out as a function of h; measured on every layer
+        assert m["agn_steps"][0] == 0, name
+        assert all(v > 0 for v in m["agn"].values()), (name, m["agn"])
+        for layer, ref in (m["ref_agn"] or {}).items():
+            assert m["agn"][layer] == pytest.approx(ref, rel=RTOL), (name, layer)
         # activation statistics of step 0 (inference mode) against numpy on a one-output view
         assert m["act_steps"][0] == 0, name
         for layer, (std, zero) in m["ref_act"].items():

@@ -24,6 +24,7 @@ import gradguard as gg
 from gradguard.errors import GradguardError
 from gradguard.keras import Watch
 from gradguard.metrics import (
+    ACT_GRAD_NORM,
     ACT_STD,
     ACT_ZERO_FRAC,
     GRAD_NORM,
@@ -165,6 +166,62 @@ def reference_activations(model: keras.Model, x: np.ndarray) -> dict[str, list[f
     return out
 
 
+def grad_of(tail: Any, h0: Any, y: np.ndarray) -> float:
+    """||d loss(y, tail(h)) / dh|| at h0 with the backend's own autodiff (float64 norm)."""
+    lf = loss_fn()
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        h = tf.convert_to_tensor(h0)
+        with tf.GradientTape() as tape:
+            tape.watch(h)
+            loss = lf(y, tail(h))
+        g = tape.gradient(loss, h)
+    elif BACKEND == "jax":
+        import jax
+
+        g = jax.grad(lambda h: lf(y, tail(h)))(h0)
+    else:
+        import torch
+
+        h = h0.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(lf(torch.as_tensor(y), tail(h)), [h])
+    return float(np.linalg.norm(np.asarray(keras.ops.convert_to_numpy(g), dtype=np.float64)))
+
+
+def reference_act_grads(name: str, model: keras.Model, x: np.ndarray, y: np.ndarray) -> Any:
+    """||dL/dh|| at each weight layer's own output (inference mode, the compiled loss), each from
+    the backend's autodiff on the rest of the network written out by hand as a function of h:
+    the Dense stack's later layers in turn; the residual net's skip path spelled out."""
+    if name == "dense":
+        out = {}
+        seq = model.layers
+        for i, layer in enumerate(seq):
+            if not layer.trainable_weights:
+                continue
+            h0 = keras.Model(model.inputs[0], layer.output)(x, training=False)
+
+            def tail(h: Any, rest: list[Any] = seq[i + 1 :]) -> Any:
+                for later in rest:
+                    h = later(h, training=False)
+                return h
+
+            out[layer.name] = grad_of(tail, h0, y)
+        return out
+    if name == "residual":
+        stem, a, b, head = (model.get_layer(n) for n in ("stem", "block_a", "block_b", "head"))
+        h0 = stem(keras.ops.convert_to_tensor(x))
+        f1 = a(h0)
+        tails = {
+            "stem": (lambda h: head(h + b(a(h))), h0),
+            "block_a": (lambda f: head(h0 + b(f)), f1),
+            "block_b": (lambda f: head(h0 + f), b(f1)),
+            "head": (lambda o: o, head(h0 + b(f1))),
+        }
+        return {n: grad_of(t, v, y) for n, (t, v) in tails.items()}
+    return None
+
+
 def weights(model: keras.Model) -> list[np.ndarray]:
     return [keras.ops.convert_to_numpy(v.value).copy() for v in model.variables]
 
@@ -189,6 +246,7 @@ def case_gradients(jit: bool, models: tuple[str, ...] = tuple(MODELS)) -> dict[s
         w0 = weights(model)
         # activations first: the tape's training-mode pass moves BatchNorm's moving statistics
         ref_acts = reference_activations(model, x[:32])
+        ref_agn = reference_act_grads(name, model, x[:32], y[:32])
         ref, ref_loss = reference(model, x[:32], y[:32])
         restore(model, w0)
         cb = Watch(flush_every=1, detail_every=1)
@@ -200,7 +258,11 @@ def case_gradients(jit: bool, models: tuple[str, ...] = tuple(MODELS)) -> dict[s
         ls, lv = run.scalar(LOSS)
         a_steps, a_std = run.metric(ACT_STD)
         _, a_zero = run.metric(ACT_ZERO_FRAC)
+        g_steps, agn = run.metric(ACT_GRAD_NORM)
         out[name] = {
+            "agn_steps": g_steps.tolist(),
+            "agn": {n: float(agn[0, i]) for i, n in enumerate(names)},
+            "ref_agn": ref_agn,
             "act_steps": a_steps.tolist(),
             "act_std": {n: float(a_std[0, i]) for i, n in enumerate(names)},
             "act_zero": {n: float(a_zero[0, i]) for i, n in enumerate(names)},
@@ -347,7 +409,10 @@ def case_diagnosis(work: Path) -> dict[str, Any]:
             model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[cb])
         found = gg.diagnose(gg.load(path, name=name))
         assert cb.run is not None
+        _, agn = cb.run.metric(ACT_GRAD_NORM)
         out[name] = {
+            "agn_last": agn[-1].tolist() if agn.size else [],
+            "signal": str(found[0].data.get("signal", "")),
             "findings": [(f.kind, f.severity.name.lower()) for f in found],
             "remedies": [r.how for f in found for r in f.remedies],
             # online diagnosis at the flushes (steps 16 and 32): events in the run, warnings
@@ -467,9 +532,11 @@ def case_custom_loop(work: Path) -> dict[str, Any]:
     opt = keras.optimizers.SGD(0.05)
     opt.build(model.trainable_variables)
     w0 = weights(model)
+    ref_agn = reference_act_grads("residual", model, x[:8], y[:8])
     ref, ref_loss = reference(model, x[:8], y[:8])
     restore(model, w0)
     lf = loss_fn()
+    model.compile(optimizer=opt, loss=lf)  # the compiled loss: dL/dh from record_batch
     mon = gg.keras.watch(model, opt, store=work / "loop.db", flush_every=5, detail_every=1)
 
     def step(xb: Any, yb: Any) -> None:
@@ -482,6 +549,7 @@ def case_custom_loop(work: Path) -> dict[str, Any]:
         else:
             grads_ref = reference_grads(model, xb, yb)
             loss, grads = grads_ref
+        mon.record_batch(xb, yb)  # before apply: the weights of the step's own forward
         opt.apply(grads, model.trainable_variables)
         mon.record_loss(loss)
 
@@ -495,6 +563,16 @@ def case_custom_loop(work: Path) -> dict[str, Any]:
             mon.step()
         reads_before_close = mon.host_reads
     run = gg.load(work / "loop.db")
+    # without a compiled loss (and without record_batch): no dL/dh, no activation statistics
+    small = dense()
+    plain = gg.keras.watch(small, keras.optimizers.SGD(), flush_every=2, diagnose_online=False)
+    plain_config = plain.run_log.config[ACT_GRAD_NORM]
+    for _ in range(2):  # two steps with zero gradients, eager
+        zeros = [keras.ops.zeros(v.shape) for v in small.trainable_variables]
+        plain.optimizer.apply(zeros, small.trainable_variables)
+        plain.step()
+    plain_metrics = sorted(plain.run.metric_names)
+    plain.close()
     steps, vals = run.metric(GRAD_NORM)
     ls, lv = run.scalar(LOSS)
     names = [lay.name for lay in run.layers]
@@ -505,6 +583,11 @@ def case_custom_loop(work: Path) -> dict[str, Any]:
         "loss": float(lv[0]),
         "ref_loss": ref_loss,
         "reads_before_close": reads_before_close,
+        "agn_steps": run.metric(ACT_GRAD_NORM)[0].tolist(),
+        "agn": {n: float(run.metric(ACT_GRAD_NORM)[1][0, i]) for i, n in enumerate(names)},
+        "ref_agn": ref_agn,
+        "plain_config_agn": plain_config,
+        "plain_metrics": plain_metrics,
         "failures": dict(mon.failures),
         "unwrapped": "apply" not in opt.__dict__,
     }
@@ -554,11 +637,27 @@ def case_failure_isolated() -> dict[str, Any]:
     finally:
         recorder.grad_rows = original
     assert cb.monitor is not None
+    # dL/dh that raises: the activation statistics are taken without it
+    import gradguard.keras._activations as activations
+
+    original_shift = activations.shift_gradients
+    activations.shift_gradients = broken
+    try:
+        with warnings.catch_warnings(record=True) as caught_agn:
+            warnings.simplefilter("always")
+            cb2 = Watch(flush_every=2, detail_every=1, diagnose_online=False)
+            model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[cb2])
+    finally:
+        activations.shift_gradients = original_shift
+    assert cb2.monitor is not None and cb2.run is not None
     return {
         "moved": not all(np.array_equal(a, b) for a, b in zip(w0, weights(model))),
         "loss": [float(v) for v in hist.history["loss"]],
         "failures": dict(cb.monitor.failures),
         "warnings": [str(w.message) for w in caught if "gradguard" in str(w.message)],
+        "agn_failures": dict(cb2.monitor.failures),
+        "agn_warnings": [str(w.message) for w in caught_agn if "gradguard" in str(w.message)],
+        "agn_metrics": sorted(cb2.run.metric_names),
     }
 
 

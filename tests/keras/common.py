@@ -5,7 +5,15 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from gradguard.metrics import ACT_GRAD_NORM, LAYER_METRICS, LOSS, LR, UPDATE_RATIO
+from gradguard.metrics import (
+    ACT_GRAD_NORM,
+    ACT_STD,
+    GRAD_NORM,
+    LAYER_METRICS,
+    LOSS,
+    LR,
+    UPDATE_RATIO,
+)
 
 
 def check_host_reads(reads: dict[str, Any]) -> None:
@@ -17,9 +25,9 @@ def check_host_reads(reads: dict[str, Any]) -> None:
 
 def check_store(store: dict[str, Any], backend: str) -> None:
     assert store["runs"] == ["run-1", "run-2"]
-    # every per-layer metric but dL/dh (not recorded from Keras)
-    recorded = set(LAYER_METRICS) - {ACT_GRAD_NORM}
-    assert set(store["metrics"]) == recorded
+    # every per-layer metric, dL/dh included (the model has a compiled loss)
+    assert set(store["metrics"]) == set(LAYER_METRICS)
+    assert ACT_GRAD_NORM in store["metrics"]
     assert {LOSS, LR} <= set(store["scalars"])
     # the second fit continues the optimizer's step count: 128 / 16 * 2 epochs = 16 steps before
     assert store["steps"] == list(range(16, 24))
@@ -54,7 +62,14 @@ def check_diagnosis(diag: dict[str, Any]) -> None:
         return tuple(diag[name]["findings"][0])  # type: ignore[return-value]
 
     assert top("sigmoid20") == ("vanishing_gradients", "critical")
+    # the evidence is dL/dh (act_grad_norm), as in a PyTorch run, and it falls toward the input
+    assert diag["sigmoid20"]["signal"] == ACT_GRAD_NORM
+    agn = diag["sigmoid20"]["agn_last"]
+    assert len(agn) == 21 and all(v > 0 for v in agn)
+    assert agn[0] < 1e-3 * agn[19]
+    assert sum(a < b for a, b in zip(agn[:19], agn[1:20])) >= 17  # rises layer by layer
     assert top("normal1_relu") == ("exploding_gradients", "critical")
+    assert diag["normal1_relu"]["signal"] == ACT_GRAD_NORM  # dL/dh grows toward the input
     assert [k for k, _ in diag["he_relu"]["findings"]] == ["healthy"]
     sigmoid_fix = diag["sigmoid20"]["remedies"][0]
     assert sigmoid_fix.startswith('activation="relu"') and "nn." not in sigmoid_fix
@@ -117,6 +132,16 @@ def check_custom_loop(loop: dict[str, Any]) -> None:
         assert loop["got"][layer] == pytest.approx(ref, rel=1e-5), layer
     assert loop["loss"] == pytest.approx(loop["ref_loss"], rel=1e-5)
     assert loop["reads_before_close"] == 10
+    # mon.record_batch(x, y) inside the step: dL/dh of every step (detail_every=1), step 0
+    # against the backend's autodiff at the weights before the update
+    assert loop["agn_steps"] == list(range(12))
+    for layer, ref in loop["ref_agn"].items():
+        assert loop["agn"][layer] == pytest.approx(ref, rel=1e-5), layer
+    # no compiled loss: no dL/dh, and the run's config says why
+    assert loop["plain_config_agn"] == "not recorded (no compiled loss)"
+    # and no activation statistics: the ring's unwritten rows are NaN (they once read as zeros)
+    assert GRAD_NORM in loop["plain_metrics"]
+    assert not {ACT_STD, ACT_GRAD_NORM} & set(loop["plain_metrics"])
     assert loop["unwrapped"]
 
 
@@ -128,6 +153,11 @@ def check_failure_isolated(iso: dict[str, Any]) -> None:
     assert list(iso["failures"]) == ["gradient statistics"]
     assert "injected failure" in iso["failures"]["gradient statistics"]
     assert len(iso["warnings"]) == 1 and "switched off" in iso["warnings"][0]
+    # a failing dL/dh: reported once, the activation statistics go on without it
+    part = f"dL/dh ({ACT_GRAD_NORM})"  # gradguard.keras._activations.GRAD_PART (no keras here)
+    assert list(iso["agn_failures"]) == [part]
+    assert len(iso["agn_warnings"]) == 1 and part in iso["agn_warnings"][0]
+    assert ACT_STD in iso["agn_metrics"] and ACT_GRAD_NORM not in iso["agn_metrics"]
 
 
 def check_detail(detail: dict[str, Any]) -> None:

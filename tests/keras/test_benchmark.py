@@ -36,6 +36,6 @@ def test_keras_overhead_benchmark_runs_tiny(tmp_path: Path) -> None:
     for name in ("K1 MLP", "K2 transformer"):
         assert set(data[name]) == modes | {"step", "paired"}
         assert set(data[name]["step"]) == modes
-        assert set(data[name]["paired"]) == {"bare", "grads", "watch"}
+        assert set(data[name]["paired"]) == {"bare", "grads", "watch", "detail"}
         assert all(data[name][m] > 0 and data[name]["step"][m] > 0 for m in modes)
         assert all(v > 0 for v in data[name]["paired"].values())

@@ -32,6 +32,9 @@ class KerasLayers:
     # per column, the Keras layer whose output is its activation: the layer itself, or the
     # Activation layer right after it that takes its output (None: the model's own column)
     outputs: list[Any]
+    # per column, the layer that owns its weights (None: the model's own column): dL/dh is taken
+    # at its output, as gg.watch takes it at the output of the module that owns the weights
+    units: list[Any]
 
 
 def _activation_name(layer: Any) -> str | None:
@@ -62,6 +65,7 @@ def discover(model: Any) -> KerasLayers:
     layers: list[Layer] = []
     columns: dict[int, int] = {}
     outputs: list[Any] = []
+    units: list[Any] = []
     residual = False
     for unit in _units(model):
         kind = type(unit).__name__
@@ -88,6 +92,7 @@ def discover(model: Any) -> KerasLayers:
         numel = sum(int(_size(v)) for v in own)
         layers.append(Layer(col, unit.name, kind, numel, True, _activation_name(unit)))
         outputs.append(unit)
+        units.append(unit)
     rest = [v for v in model.trainable_weights if id(v) not in columns]
     if rest:
         col = len(layers)
@@ -95,7 +100,8 @@ def discover(model: Any) -> KerasLayers:
             columns[id(v)] = col
         layers.append(Layer(col, _ROOT, type(model).__name__, sum(_size(v) for v in rest)))
         outputs.append(None)
-    return KerasLayers(layers, columns, residual, outputs)
+        units.append(None)
+    return KerasLayers(layers, columns, residual, outputs, units)
 
 
 def _takes_output_of(layer: Any, before: Any) -> bool:

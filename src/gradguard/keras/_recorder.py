@@ -28,9 +28,10 @@ from keras import ops
 
 from gradguard.diagnosis.config import DiagnosisConfig
 from gradguard.diagnosis.online import OnlineDiagnosis
-from gradguard.errors import ConfigError, GradguardError
-from gradguard.keras._activations import ACT_ROWS, probe_for
+from gradguard.errors import ConfigError
+from gradguard.keras._activations import ACT_ROWS, describe, probe_for
 from gradguard.keras._layers import KerasLayers, discover
+from gradguard.keras._ring import frozen, index_of, now, put_cells, put_row
 from gradguard.keras._rows import (
     COUNT1,
     SCALARS,
@@ -122,9 +123,7 @@ class KerasMonitor:
             "optimizer": type(optimizer).__name__,
             "model": type(model).__name__,
             "residual": table.residual,
-            "activations": "inference-mode forward of the step's batch on detail steps"
-            if self.probe is not None
-            else "not recorded (subclassed model)",
+            **describe(self.probe),
             **dict(run_config or {}),
         }
         diagnosis = DiagnosisConfig()
@@ -165,7 +164,10 @@ class KerasMonitor:
         self._ring = [self._rows, self._scalars, self._steps, self._count]
         self._acts = None
         if self.probe is not None:
-            self._acts = opt.add_variable((self.slots, ACT_ROWS, n_layers), name="gradguard_acts")
+            # NaN until a detail step writes its row (a custom loop never does: no batch here)
+            nan = keras.initializers.Constant(math.nan)
+            shape = (self.slots, ACT_ROWS, n_layers)
+            self._acts = opt.add_variable(shape, initializer=nan, name="gradguard_acts")
             self._ring.append(self._acts)
 
     def _wrap(self) -> None:
@@ -207,8 +209,8 @@ class KerasMonitor:
             dense = [g / scale for g in dense]
         # copies: the PyTorch backend increments `iterations` in place, and a cast to the same
         # dtype hands back the tensor itself
-        step = _frozen(ops.cast(opt.iterations, "int32"))
-        lr = _frozen(ops.cast(opt.learning_rate, "float32"))
+        step = frozen(ops.cast(opt.iterations, "int32"))
+        lr = frozen(ops.cast(opt.learning_rate, "float32"))
         detail = self._detail(step)
         rows = grad_rows(dense, mask, self._dtype)
         before = _snapshot(detail, [v for _, v in pairs], dense)
@@ -241,11 +243,11 @@ class KerasMonitor:
         rows = ops.stack([rows[0], rows[1], wrows[0], rows[2] + wrows[2], wrows[1]])
         count = self._count.value
         slot = count % self.slots
-        self._rows.assign(_put_row(self._rows.value, slot, rows))
+        self._rows.assign(put_row(self._rows.value, slot, rows))
         flag = ops.cast(ops.convert_to_tensor(detail), "float32")
         scal = ops.stack([lr, *([ops.full((), math.nan, "float32")] * USER_LOSS), flag])
-        self._scalars.assign(_put_row(self._scalars.value, slot, scal))
-        self._steps.assign(_put_row(self._steps.value, slot, step))
+        self._scalars.assign(put_row(self._scalars.value, slot, scal))
+        self._steps.assign(put_row(self._steps.value, slot, step))
         self._count.assign(count + 1)
 
     def _tracker(self) -> Any:
@@ -257,23 +259,15 @@ class KerasMonitor:
         def watched_train_step(*args: Any, **kwargs: Any) -> Any:
             data = args[0] if args else kwargs.get("data")
 
-            def acts() -> None:  # weights before the update, as in the step's own forward
-                assert self._acts is not None
-                step = _frozen(ops.cast(self.optimizer.iterations, "int32"))
-                rows = self._act_rows(data, step)
-                slot = self._count.value % self.slots
-                self._acts.assign(_put_row(self._acts.value, slot, rows))
-
-            if self._acts is not None:
-                self._guard("activation statistics", acts)
+            self._record_data(data)  # weights before the update, as in the step's own forward
             tracker = self._tracker()
             if tracker is None:
                 return train_step(*args, **kwargs)
-            t0, c0 = _now(tracker.total), _now(tracker.count)
+            t0, c0 = now(tracker.total), now(tracker.count)
             logs = train_step(*args, **kwargs)
 
             def record() -> None:
-                t1, c1 = _now(tracker.total), _now(tracker.count)
+                t1, c1 = now(tracker.total), now(tracker.count)
                 self._scalars.assign(
                     self._loss_into(self._scalars.value, self._count.value, t0, c0, t1, c1)
                 )
@@ -295,13 +289,13 @@ class KerasMonitor:
                 mapping = list(zip(model.trainable_variables, state[0])) + list(
                     zip(model.non_trainable_variables, state[1])
                 )
-                step = state[2][_index(ovars, self.optimizer.iterations)]
+                step = state[2][index_of(ovars, self.optimizer.iterations)]
                 with keras.StatelessScope(state_mapping=mapping):
                     rows = self._act_rows(data, ops.cast(step, "int32"))
-                ai = _index(ovars, self._acts)
-                slot = state[2][_index(ovars, self._count)] % self.slots
+                ai = index_of(ovars, self._acts)
+                slot = state[2][index_of(ovars, self._count)] % self.slots
                 opt_state = list(new_state[2])
-                opt_state[ai] = _put_row(opt_state[ai], slot, rows)
+                opt_state[ai] = put_row(opt_state[ai], slot, rows)
                 return (new_state[0], new_state[1], opt_state, new_state[3])
 
             if self._acts is not None:
@@ -312,9 +306,9 @@ class KerasMonitor:
 
             def record() -> Any:
                 mvars = list(self.model.metrics_variables)
-                ti, ci = _index(mvars, tracker.total), _index(mvars, tracker.count)
+                ti, ci = index_of(mvars, tracker.total), index_of(mvars, tracker.count)
                 ovars = list(self.optimizer.variables)
-                si, ki = _index(ovars, self._scalars), _index(ovars, self._count)
+                si, ki = index_of(ovars, self._scalars), index_of(ovars, self._count)
                 opt_state = list(new_state[2])
                 opt_state[si] = self._loss_into(
                     opt_state[si],
@@ -335,18 +329,21 @@ class KerasMonitor:
         """(ACT_ROWS, L) activation rows on detail steps, NaN on the others."""
         assert self.probe is not None
         probe = self.probe
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         if self.detail_every == 1:
-            return probe.rows(x)
+            return probe.rows(data, self._guard)
         nan = ops.full((ACT_ROWS, len(self.layers)), math.nan, "float32")
-        return ops.cond(ops.equal(step % self.detail_every, 0), lambda: probe.rows(x), lambda: nan)
+        return ops.cond(
+            ops.equal(step % self.detail_every, 0),
+            lambda: probe.rows(data, self._guard),
+            lambda: nan,
+        )
 
     def _loss_into(self, scal: Any, count: Any, t0: Any, c0: Any, t1: Any, c1: Any) -> Any:
         """``scal`` with the tracker's (total, count) before and after written into the row of
         the step that ``apply`` just recorded (``count`` is past it)."""
         slot = (count - 1) % self.slots
         vals = ops.stack([ops.cast(x, "float32") for x in (t0, c0, t1, c1)])
-        return _put_cells(scal, slot, range(TOTAL0, COUNT1 + 1), vals)
+        return put_cells(scal, slot, range(TOTAL0, COUNT1 + 1), vals)
 
     def record_loss(self, loss: Any) -> None:
         """Record this step's loss from inside a custom train step, after ``optimizer.apply``
@@ -355,9 +352,27 @@ class KerasMonitor:
         def record() -> None:
             slot = (self._count.value - 1) % self.slots
             value = ops.reshape(ops.cast(ops.mean(loss), "float32"), (1,))
-            self._scalars.assign(_put_cells(self._scalars.value, slot, [USER_LOSS], value))
+            self._scalars.assign(put_cells(self._scalars.value, slot, [USER_LOSS], value))
 
         self._guard("loss", record)
+
+    def record_batch(self, x: Any, y: Any = None, sample_weight: Any = None) -> None:
+        """Activation statistics (and dL/dh, given ``y`` and a compiled loss) of this step's batch
+        from inside a custom train step, before ``optimizer.apply`` (graph-safe, detail steps
+        only). ``model.fit`` needs no call. Not for JAX's stateless loops."""
+        self._record_data(keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
+
+    def _record_data(self, data: Any) -> None:
+        """``record_batch`` of ``data`` as ``train_step`` gets it."""
+
+        def acts() -> None:
+            assert self._acts is not None and self.probe is not None
+            step = frozen(ops.cast(self.optimizer.iterations, "int32"))
+            slot = self._count.value % self.slots  # the row apply() is about to write
+            self._acts.assign(put_row(self._acts.value, slot, self._act_rows(data, step)))
+
+        if self._acts is not None:
+            self._guard("activation statistics", acts)
 
     def _guard(self, part: str, fn: Callable[[], Any]) -> Any:
         """Run ``fn``; a failure is reported once and leaves the training alone."""
@@ -493,40 +508,6 @@ def _snapshot(detail: Any, variables: list[Any], grads: list[Any]) -> list[Any]:
     return list(
         ops.cond(detail, read, lambda: [ops.cast(g, v.dtype) for g, v in zip(grads, variables)])
     )
-
-
-def _put_row(ring: Any, slot: Any, row: Any) -> Any:
-    """``ring`` (slots, ...) with ``row`` written at ``slot``. JAX: a dynamic update slice; the
-    others: a scatter (TensorFlow runs ``slice_update`` as an XLA op compiled on demand outside
-    ``jit_compile``: 77 us a call against 35 us for the step's three scatters, on the benchmark's
-    machine)."""
-    if keras.backend.backend() == "jax":
-        return ops.slice_update(ring, (slot,) + (0,) * (len(ring.shape) - 1), row[None])
-    return ops.scatter_update(ring, ops.reshape(slot, (1, 1)), row[None])
-
-
-def _put_cells(ring: Any, slot: Any, columns: Any, values: Any) -> Any:
-    """``ring`` (slots, columns) with ``values`` (K,) written at ``slot`` in ``columns`` (K)."""
-    cols = ops.convert_to_tensor(np.asarray(list(columns), dtype="int32"))
-    index = ops.stack([ops.zeros_like(cols) + ops.cast(slot, "int32"), cols], axis=1)
-    return ops.scatter_update(ring, index, values)
-
-
-def _now(variable: Any) -> Any:
-    """The variable's value now, as a tensor that a later assignment does not change."""
-    return _frozen(variable.value)
-
-
-def _frozen(tensor: Any) -> Any:
-    """``tensor`` as a value that later in-place updates do not change (JAX arrays never do)."""
-    return tensor if keras.backend.backend() == "jax" else ops.copy(tensor)
-
-
-def _index(variables: list[Any], target: Any) -> int:
-    for i, v in enumerate(variables):
-        if v is target:
-            return i
-    raise GradguardError(f"variable {target.path!r} is not in the trainer's state")
 
 
 def _environment() -> dict[str, Any]:

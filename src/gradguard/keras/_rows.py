@@ -12,6 +12,7 @@ import numpy as np
 
 from gradguard.keras._stats import GMAX, GSQ, NONFINITE_ROW, USQ, WSQ
 from gradguard.metrics import (
+    ACT_GRAD_NORM,
     ACT_MEAN,
     ACT_SAT_FRAC,
     ACT_STD,
@@ -74,6 +75,9 @@ def to_batch(
     return Batch(metrics=out, scalars=scalars, events=events, layers=layers)
 
 
+ACT_GRAD_ROW = 4  # the row of ||dL/dh|| in the activation ring (gradguard.keras._activations)
+
+
 def add_activations(batch: Batch, acts: np.ndarray, steps: np.ndarray) -> None:
     """The ACT_* metrics of the detail steps into ``batch``: ``acts`` (S, ACT_ROWS, L)."""
     acts = acts.astype(np.float64)
@@ -81,3 +85,7 @@ def add_activations(batch: Batch, acts: np.ndarray, steps: np.ndarray) -> None:
     if detail.any():
         for row, metric in enumerate((ACT_MEAN, ACT_STD, ACT_ZERO_FRAC, ACT_SAT_FRAC)):
             batch.metrics[metric] = (steps[detail], acts[detail, row])
+        # ||dL/dh||: NaN everywhere where no loss was compiled (nothing recorded then)
+        grad = acts[detail, ACT_GRAD_ROW]
+        if not np.all(np.isnan(grad)):
+            batch.metrics[ACT_GRAD_NORM] = (steps[detail], grad)
