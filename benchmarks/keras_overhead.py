@@ -18,10 +18,13 @@ Modes are interleaved ``--repeats`` times, fresh model each time; medians over t
 ``--paired N`` then measures the per-step cost at a finer grain: one model per mode (bare,
 ``grads``, ``watch``, ``detail``: ``detail_every=1``, every step a detail step, whose median is
 the cost of a detail step) in the same process, built and compiled once, their compiled train steps
-called in turn N times (the order reversed every round), each step's process CPU time kept: the
-modes share every burst of load. ``KERAS_BACKEND`` picks the backend.
+called in turn N times (the order reversed every round), each step's time kept (``--clock``: wall
+or process CPU time): the modes share every burst of load. ``--instances K`` builds K models per
+mode and averages their medians: two copies of the same bare model differ by up to 5% per step
+(where their buffers land in memory), more than the effect measured. ``KERAS_BACKEND`` picks the
+backend.
 
-    KERAS_BACKEND=tensorflow python benchmarks/keras_overhead.py --clock cpu --paired 1000
+    KERAS_BACKEND=tensorflow python benchmarks/keras_overhead.py --paired 1000 --instances 3
 
 ``--no-fit`` skips the fit part; ``--workloads K1`` times the MLP alone.
 """
@@ -126,7 +129,10 @@ def one(
 class Stepper:
     """One model and its compiled train step, called one step at a time (``--paired``)."""
 
-    def __init__(self, build: Any, mode: str, x: np.ndarray, y: np.ndarray, batch: int) -> None:
+    def __init__(
+        self, build: Any, mode: str, x: np.ndarray, y: np.ndarray, batch: int, clock: Any
+    ) -> None:
+        self.clock = clock
         keras.utils.set_random_seed(0)
         self.model = model = build()
         model.compile(
@@ -158,7 +164,7 @@ class Stepper:
             self.step(keep=False)
 
     def step(self, keep: bool = True) -> None:
-        t0 = time.process_time()
+        t0 = self.clock()
         model = self.model
         if self.jax:
             _, self.state = model.train_function(self.state, self.it)
@@ -174,19 +180,28 @@ class Stepper:
             if self.jax:
                 self.state = model._get_jax_state(True, True, True, True)
         if keep:
-            self.times.append(time.process_time() - t0)
+            self.times.append(self.clock() - t0)
 
 
 PAIRED = ("bare", "grads", "watch", "detail")
 
 
 def paired(build: Any, x: np.ndarray, y: np.ndarray, args: Any) -> dict[str, float]:
-    """Median per-step CPU time of bare / grads / watch / detail, their steps called in turn."""
-    steppers = [Stepper(build, mode, x, y, args.batch) for mode in PAIRED]
+    """Median per-step time of bare / grads / watch / detail (mean over the instances), their
+    steps called in turn."""
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    steppers = [
+        (mode, Stepper(build, mode, x, y, args.batch, clock))
+        for _ in range(args.instances)
+        for mode in PAIRED
+    ]
     for r in range(args.paired):
-        for s in steppers if r % 2 == 0 else steppers[::-1]:
+        for _, s in steppers if r % 2 == 0 else steppers[::-1]:
             s.step()
-    return {m: statistics.median(s.times) for m, s in zip(PAIRED, steppers)}
+    return {
+        m: statistics.mean(statistics.median(s.times) for mode, s in steppers if mode == m)
+        for m in PAIRED
+    }
 
 
 def main() -> None:
@@ -200,6 +215,7 @@ def main() -> None:
     p.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="wall time or process CPU time"
     )
+    p.add_argument("--instances", type=int, default=1, help="models per mode in --paired")
     p.add_argument("--no-fit", action="store_true", help="the paired run only")
     p.add_argument("--workloads", default="K1,K2", help="comma-separated: K1 (MLP), K2")
     args = p.parse_args()
@@ -244,7 +260,10 @@ def main() -> None:
                 f"| {step[mode] * 1e3:.2f} | {srel:+.1%} |"
             )
     if args.paired:
-        print(f"paired, {args.paired} rounds, median CPU time of one step:")
+        print(
+            f"paired, {args.paired} rounds, {args.instances} instances, "
+            f"median {args.clock} time of one step:"
+        )
         print("| workload | bare | grads | watch | detail |")
         print("| --- | --- | --- | --- | --- |")
         for name, med in result.items():
