@@ -23,7 +23,20 @@ def test_keras_overhead_benchmark_runs_tiny(tmp_path: Path) -> None:
     }
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "keras_overhead.py")]
-        + ["--epochs", "2", "--steps", "3", "--repeats", "1", "--paired", "2", "--instances", "2", "--json", str(out)],
+        + [
+            "--epochs",
+            "2",
+            "--steps",
+            "3",
+            "--repeats",
+            "1",
+            "--paired",
+            "2",
+            "--instances",
+            "2",
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
