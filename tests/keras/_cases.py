@@ -687,6 +687,54 @@ def case_errors() -> dict[str, str]:
     return out
 
 
+def case_branched_update() -> dict[str, Any]:
+    """TensorFlow runs the update inside the detail-step conditional (``detail_every`` > 1). A
+    hand-written ``tf.function`` step (plain and under XLA), SGD(0.1) not built before its first
+    ``apply`` (it is built outside the branches), ``detail_every=2``: on the detail steps the
+    update's norm (update_ratio x weight_norm) is 0.1 x the gradient norm exactly, and the weight
+    norm of step 0 is the initial weights' norm."""
+    return {"xla" if jit else "graph": _branched_run(jit) for jit in (False, True)}
+
+
+def _branched_run(jit: bool) -> dict[str, Any]:
+    import tensorflow as tf
+
+    x, y = digits(32)
+    lf = keras.losses.CategoricalCrossentropy(from_logits=True)
+    keras.utils.set_random_seed(3)
+    model = dense()
+    opt = keras.optimizers.SGD(0.1)
+    w0 = [np.asarray(v.numpy(), dtype=np.float64) for v in model.trainable_variables]
+    mon = gg.keras.watch(model, opt, flush_every=2, detail_every=2, diagnose_online=False)
+
+    @tf.function(jit_compile=jit)
+    def step(xb: Any, yb: Any) -> None:
+        with tf.GradientTape() as tape:
+            loss = lf(yb, model(xb, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply(grads, model.trainable_variables)
+
+    with mon:
+        for i in range(4):
+            step(x[8 * i : 8 * i + 8], y[8 * i : 8 * i + 8])
+            mon.step()
+    run = mon.run
+    gs, gv = run.metric(GRAD_NORM)
+    ws, wv = run.metric(WEIGHT_NORM)
+    us, uv = run.metric(UPDATE_RATIO)
+    ok = np.isfinite(wv).all(axis=1)
+    return {
+        "failures": dict(mon.failures),
+        "weight_steps": ws[ok].tolist(),
+        "update_norm": (uv[ok] * wv[ok]).tolist(),
+        "lr_grad_norm": (0.1 * gv[np.isin(gs, ws[ok])]).tolist(),
+        "weight_norm_0": wv[0].tolist(),
+        "ref_weight_norm_0": [
+            float(np.sqrt(sum((w**2).sum() for w in w0[2 * k : 2 * k + 2]))) for k in range(3)
+        ],
+    }
+
+
 def main() -> None:
     result: dict[str, Any] = {"backend": BACKEND}
     cases = sys.argv[2:] or ["gradients", "gradients_jit", "host_reads", "store", "errors"]
@@ -709,6 +757,8 @@ def main() -> None:
                 result[case] = case_detail()
             elif case == "custom_loop":
                 result[case] = case_custom_loop(work)
+            elif case == "branched_update":
+                result[case] = case_branched_update()
             elif case == "failure_isolated":
                 result[case] = case_failure_isolated()
             elif case == "lab":

@@ -37,6 +37,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "custom_loop",
         "failure_isolated",
         "lab",
+        "branched_update",
     )
 
 
@@ -88,3 +89,16 @@ def test_custom_loop_watch(result: dict[str, Any]) -> None:
 
 def test_a_failing_part_leaves_the_training_alone(result: dict[str, Any]) -> None:
     check_failure_isolated(case(result, "failure_isolated"))
+
+
+def test_update_inside_the_detail_conditional(result: dict[str, Any]) -> None:
+    """SGD's update norm on the detail steps is lr x the gradient norm, with the update run
+    inside the detail-step conditional (tf.function and XLA, optimizer built on first apply)."""
+    got = case(result, "branched_update")
+    for mode in ("graph", "xla"):
+        r = got[mode]
+        assert r["failures"] == {}
+        assert r["weight_steps"] == [0, 2]
+        for u, g in zip(r["update_norm"], r["lr_grad_norm"]):
+            assert u == pytest.approx(g, rel=1e-5)
+        assert r["weight_norm_0"] == pytest.approx(r["ref_weight_norm_0"], rel=1e-6)

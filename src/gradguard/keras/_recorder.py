@@ -144,6 +144,8 @@ class KerasMonitor:
             else None
         )
         self._layers_sent = False
+        # TensorFlow with detail steps in between: the update runs inside the detail conditional
+        self._branched = keras.backend.backend() == "tensorflow" and detail_every > 1
         try:
             self._make_ring()
             self._wrap()
@@ -180,6 +182,14 @@ class KerasMonitor:
             before = self._guard(
                 "gradient statistics", lambda: self._before(grads, trainable_variables)
             )
+            if before is not None and self._use_branch():
+                wrows = self._guard(
+                    "weight statistics",
+                    lambda: self._branched_apply(apply, grads, trainable_variables, before),
+                )
+                if wrows is not None:  # the update ran inside the branches
+                    self._guard("gradient statistics", lambda: self._write(before, wrows))
+                    return None
             out = apply(grads, trainable_variables)
             if before is not None:
                 self._guard("gradient statistics", lambda: self._after(*before))
@@ -213,7 +223,11 @@ class KerasMonitor:
         lr = frozen(ops.cast(opt.learning_rate, "float32"))
         detail = self._detail(step)
         rows = grad_rows(dense, mask, self._dtype)
-        before = _snapshot(detail, [v for _, v in pairs], dense)
+        before = (
+            dense  # nothing reads them: _branched_apply takes its own snapshot
+            if self._use_branch()
+            else _snapshot(detail, [v for _, v in pairs], dense)
+        )
         return pairs, before, rows, step, lr, mask, detail
 
     def _detail(self, step: Any) -> Any:
@@ -235,11 +249,52 @@ class KerasMonitor:
         def measured() -> Any:
             return weight_rows(before, [v.value for _, v in pairs], mask, dtype)
 
-        wrows = (
-            measured()
-            if detail is True
-            else ops.cond(detail, measured, lambda: no_weight_rows(n_layers, dtype))
-        )
+        if self._use_branch():
+            # the branched update failed to build: `before` holds no snapshot
+            wrows = no_weight_rows(n_layers, dtype)
+        elif detail is True:
+            wrows = measured()
+        else:
+            wrows = ops.cond(detail, measured, lambda: no_weight_rows(n_layers, dtype))
+        self._write((pairs, before, rows, step, lr, mask, detail), wrows)
+
+    def _use_branch(self) -> bool:
+        """Whether :meth:`_branched_apply` runs the update (TensorFlow, detail steps in between,
+        no tf.distribute strategy: an optimizer's cross-replica merge cannot run in a branch)."""
+        if not self._branched:
+            return False
+        import tensorflow as tf
+
+        return not tf.distribute.has_strategy()
+
+    def _branched_apply(
+        self, apply: Callable[..., Any], grads: Any, variables: Any, before: tuple[Any, ...]
+    ) -> Any:
+        """TensorFlow: the whole update inside the detail-step conditional: snapshot, update and
+        the weight rows in one branch, the update alone in the other. Only the (3, L) rows leave
+        the conditional; with the snapshot in a conditional of its own, XLA (``jit_compile``)
+        copied every gradient into the conditional's outputs each step (-90 us a step on the
+        benchmark's MLP under XLA, the same without). Returns the weight rows."""
+        pairs, mask, detail = before[0], before[5], before[6]
+        opt, dtype = self.optimizer, self._dtype
+        if not opt.built:  # variables cannot be created inside a branch
+            opt.build(list(variables) if variables is not None else [v for _, v in pairs])
+            opt.built = True
+
+        def measured() -> Any:
+            snap = [ops.copy(v.value) for _, v in pairs]
+            apply(grads, variables)
+            return weight_rows(snap, [v.value for _, v in pairs], mask, dtype)
+
+        def plain() -> Any:
+            apply(grads, variables)
+            return no_weight_rows(len(self.layers), dtype)
+
+        return ops.cond(detail, measured, plain)
+
+    def _write(self, before: tuple[Any, ...], wrows: Any) -> None:
+        """This step's row of every ring: gradient rows, weight rows, scalars and the step."""
+        rows, step, lr, detail = before[2], before[3], before[4], before[6]
         rows = ops.stack([rows[0], rows[1], wrows[0], rows[2] + wrows[2], wrows[1]])
         count = self._count.value
         slot = count % self.slots
