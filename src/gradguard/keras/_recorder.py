@@ -20,7 +20,7 @@ import platform
 import sys
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -182,7 +182,7 @@ class KerasMonitor:
             before = self._guard(
                 "gradient statistics", lambda: self._before(grads, trainable_variables)
             )
-            if before is not None and self._use_branch():
+            if before is not None and before.branched:
                 wrows = self._guard(
                     "weight statistics",
                     lambda: self._branched_apply(apply, grads, trainable_variables, before),
@@ -192,7 +192,7 @@ class KerasMonitor:
                     return None
             out = apply(grads, trainable_variables)
             if before is not None:
-                self._guard("gradient statistics", lambda: self._after(*before))
+                self._guard("gradient statistics", lambda: self._after(before))
             return out
 
         opt.apply = watched_apply
@@ -202,7 +202,7 @@ class KerasMonitor:
             model.train_step = self._train_step(train_step)
         model.train_function = None  # fit builds its step again, with the wrapped methods
 
-    def _before(self, grads: Any, variables: Any) -> tuple[Any, ...]:
+    def _before(self, grads: Any, variables: Any) -> _Pending:
         opt = self.optimizer
         variables = list(variables) if variables is not None else list(opt._trainable_variables)
         pairs = [
@@ -223,40 +223,33 @@ class KerasMonitor:
         lr = frozen(ops.cast(opt.learning_rate, "float32"))
         detail = self._detail(step)
         rows = grad_rows(dense, mask, self._dtype)
-        before = (
+        branched = self._use_branch()
+        snapshot = (
             dense  # nothing reads them: _branched_apply takes its own snapshot
-            if self._use_branch()
+            if branched
             else _snapshot(detail, [v for _, v in pairs], dense)
         )
-        return pairs, before, rows, step, lr, mask, detail
+        return _Pending(pairs, snapshot, rows, step, lr, mask, detail, branched)
 
     def _detail(self, step: Any) -> Any:
         """True on detail steps: a Python bool when every step is one, else a traced boolean."""
         return True if self.detail_every == 1 else ops.equal(step % self.detail_every, 0)
 
-    def _after(
-        self,
-        pairs: list[Any],
-        before: list[Any],
-        rows: Any,
-        step: Any,
-        lr: Any,
-        mask: np.ndarray,
-        detail: Any,
-    ) -> None:
+    def _after(self, p: _Pending) -> None:
+        """After the plain update: the weight rows (detail steps) and this step's ring rows."""
         dtype, n_layers = self._dtype, len(self.layers)
 
         def measured() -> Any:
-            return weight_rows(before, [v.value for _, v in pairs], mask, dtype)
+            return weight_rows(p.snapshot, [v.value for _, v in p.pairs], p.mask, dtype)
 
-        if self._use_branch():
-            # the branched update failed to build: `before` holds no snapshot
+        if p.branched:
+            # the branched update failed to build: `snapshot` holds no snapshot
             wrows = no_weight_rows(n_layers, dtype)
-        elif detail is True:
+        elif p.detail is True:
             wrows = measured()
         else:
-            wrows = ops.cond(detail, measured, lambda: no_weight_rows(n_layers, dtype))
-        self._write((pairs, before, rows, step, lr, mask, detail), wrows)
+            wrows = ops.cond(p.detail, measured, lambda: no_weight_rows(n_layers, dtype))
+        self._write(p, wrows)
 
     def _use_branch(self) -> bool:
         """Whether :meth:`_branched_apply` runs the update (TensorFlow, detail steps in between,
@@ -268,14 +261,14 @@ class KerasMonitor:
         return not tf.distribute.has_strategy()
 
     def _branched_apply(
-        self, apply: Callable[..., Any], grads: Any, variables: Any, before: tuple[Any, ...]
+        self, apply: Callable[..., Any], grads: Any, variables: Any, p: _Pending
     ) -> Any:
         """TensorFlow: the whole update inside the detail-step conditional: snapshot, update and
         the weight rows in one branch, the update alone in the other. Only the (3, L) rows leave
         the conditional; with the snapshot in a conditional of its own, XLA (``jit_compile``)
         copied every gradient into the conditional's outputs each step (-90 us a step on the
         benchmark's MLP under XLA, the same without). Returns the weight rows."""
-        pairs, mask, detail = before[0], before[5], before[6]
+        pairs, mask = p.pairs, p.mask
         opt, dtype = self.optimizer, self._dtype
         if not opt.built:  # variables cannot be created inside a branch
             opt.build(list(variables) if variables is not None else [v for _, v in pairs])
@@ -290,11 +283,11 @@ class KerasMonitor:
             apply(grads, variables)
             return no_weight_rows(len(self.layers), dtype)
 
-        return ops.cond(detail, measured, plain)
+        return ops.cond(p.detail, measured, plain)
 
-    def _write(self, before: tuple[Any, ...], wrows: Any) -> None:
+    def _write(self, p: _Pending, wrows: Any) -> None:
         """This step's row of every ring: gradient rows, weight rows, scalars and the step."""
-        rows, step, lr, detail = before[2], before[3], before[4], before[6]
+        rows, step, lr, detail = p.rows, p.step, p.lr, p.detail
         rows = ops.stack([rows[0], rows[1], wrows[0], rows[2] + wrows[2], wrows[1]])
         count = self._count.value
         slot = count % self.slots
@@ -542,6 +535,19 @@ class KerasMonitor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Pending(NamedTuple):
+    """What ``_before`` computed ahead of the update, for the ring rows written after it."""
+
+    pairs: list[Any]  # (gradient, variable) of the recorded variables
+    snapshot: list[Any]  # the weights before the update (plain path, detail steps)
+    rows: Any  # (3, L) gradient rows
+    step: Any
+    lr: Any
+    mask: np.ndarray  # (V, L) variable -> layer
+    detail: Any  # True, or a traced boolean
+    branched: bool  # the update runs inside the detail conditional (_branched_apply)
 
 
 def _snapshot(detail: Any, variables: list[Any], grads: list[Any]) -> list[Any]:
