@@ -130,6 +130,20 @@ def test_loss_far_too_large_makes_a_mild_explosion_a_warning() -> None:
     assert f.severity is Severity.WARNING
 
 
+def test_a_loss_that_fell_while_a_mild_gain_grew_is_no_warning() -> None:
+    # A healthy deep ReLU net (He or Glorot init, Adam) starts flat over depth and learns a mild
+    # gain (~1.4x per layer); its loss falls 100x because it learns. Only an explosion present
+    # at the first step explains a loss that starts too large.
+    grown = np.r_[depth_values(1.0, steps=10), depth_values(1.35, steps=10, seed=1)]
+    loss = np.r_[np.full(5, 2.3), np.geomspace(2.3, 0.02, 25)]
+    f = one(
+        diagnose(make_run(metrics={ACT_GRAD_NORM: grown}, scalars={LOSS: loss})),
+        "exploding_gradients",
+    )
+    assert f.severity is Severity.INFO
+    assert f.data["per_layer_start"] == pytest.approx(1.0, abs=0.05)
+    assert "loss starts" not in f.evidence
+
 def test_batchnorm_layers_are_off_the_depth_axis() -> None:
     # Linear layers vanish x0.3 per layer; interleaved BatchNorm layers carry unrelated scales.
     layers = []

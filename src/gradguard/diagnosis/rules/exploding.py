@@ -57,6 +57,11 @@ def _loss_start_ratio(view: RunView) -> float:
     return track.later_ratio() if track is not None else math.nan
 
 
+def _forward_ratio(fit: DepthFit | None) -> float:
+    """How much the activation scale grows from the first to the last main layer (NaN: no fit)."""
+    return 1.0 / fit.gain if fit is not None and fit.ok and fit.gain > 0 else math.nan
+
+
 def check_depth(view: RunView) -> list[Finding]:
     cfg = view.config
     sig = view.backward_signal()
@@ -65,7 +70,7 @@ def check_depth(view: RunView) -> list[Finding]:
     fwd_fits = [view.depth_fit(ACT_STD, w) for w in ("start", "recent")]
     fwd = min((f for f in fwd_fits if f is not None and f.ok), key=lambda f: f.gain, default=None)
     back_ratio = back.gain if back is not None else math.nan
-    fwd_ratio = 1.0 / fwd.gain if fwd is not None and fwd.gain > 0 else math.nan
+    fwd_ratio = _forward_ratio(fwd)
     ratio = max((r for r in (back_ratio, fwd_ratio) if math.isfinite(r)), default=math.nan)
     severity = grade(ratio, cfg)
     if severity is None:
@@ -91,7 +96,13 @@ def check_depth(view: RunView) -> list[Finding]:
                 f"weight-gradient RMS stays flat (x{number(wg.per_layer)} per layer), "
                 "so per-layer grad norms alone hide it"
             )
-    lr = _loss_start_ratio(view)
+    # A loss that starts far above its later level is evidence only of an explosion present
+    # at initialisation (the forward signal blew up, so did the logits): a net that grew a mild
+    # depth gain while it learned starts high because it had not learned yet.
+    at_start = [start.gain if start is not None and start.ok else math.nan]
+    at_start.append(_forward_ratio(fwd_fits[0]))
+    at_init = max((r for r in at_start if math.isfinite(r)), default=math.nan) >= cfg.depth_info
+    lr = _loss_start_ratio(view) if at_init else math.nan
     if math.isfinite(lr) and lr >= cfg.loss_start_note:
         parts.append(f"the loss starts {number(lr)}x above its later level")
     # consequences make a mild explosion a warning: a loss that starts >= 10x too large, or
