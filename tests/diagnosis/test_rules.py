@@ -144,6 +144,7 @@ def test_a_loss_that_fell_while_a_mild_gain_grew_is_no_warning() -> None:
     assert f.data["per_layer_start"] == pytest.approx(1.0, abs=0.05)
     assert "loss starts" not in f.evidence
 
+
 def test_batchnorm_layers_are_off_the_depth_axis() -> None:
     # Linear layers vanish x0.3 per layer; interleaved BatchNorm layers carry unrelated scales.
     layers = []

@@ -144,6 +144,11 @@ class DiagnosisConfig:
     # minimum relative amplitude for an oscillation.
     oscillation_alternation: float = 0.85
     oscillation_amplitude: float = 0.5
+    # ... and the turning points must exceed independent noise's by this many standard deviations
+    # (turning-point test). Alternation alone fired on a healthy deep MLP's batch losses near
+    # zero (86% over 24 points: z 2.2, chance at one of 30 flushes); the corpus's healthy runs
+    # reached z 3.0 (seeds 0-1) and 3.2 (seeds 2-4), its induced failures 3.5 at most.
+    oscillation_z: float = 3.5
 
     # --- online ---
     # At each flush the rules see the first start_steps and the last online_window recorded
@@ -247,6 +252,7 @@ class DiagnosisConfig:
             "converged_loss",
             "rise_min_fraction",
             "oscillation_amplitude",
+            "oscillation_z",
             "end_rise_rel",
             "loss_noise_z",
         ):

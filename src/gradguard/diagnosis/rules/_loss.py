@@ -110,10 +110,22 @@ class LossTrack:
         """Noise units a difference of smoothed levels must exceed: ``loss_noise_z``, or more on
         long runs -- the highest and the lowest of N trailing medians of ``window`` points lie
         about sqrt(2 ln N) x 1.25 / sqrt(window) noise units above and below the level, so a
-        20,000-step run of pure noise would otherwise "rise from its best"."""
-        n = max(len(self.loss), 2)
+        20,000-step run of pure noise would otherwise "rise from its best". N counts every loss
+        point of the run so far, also those between the head and the tail that online diagnosis
+        no longer holds (from the steps and their usual spacing): it has judged those points at
+        earlier flushes, each flush one more look at the same noise."""
+        n = max(len(self.loss), self.points_so_far, 2)
         extremes = 2.0 * math.sqrt(2.0 * math.log(n)) * 1.2533 / math.sqrt(self.window)
         return max(self.config.loss_noise_z, extremes)
+
+    @property
+    def points_so_far(self) -> int:
+        """Loss points from the first to the last recorded step, at the tail's usual spacing."""
+        tail = np.diff(self.steps[-self.window * 4 :])
+        spacing = float(np.median(tail)) if len(tail) else 1.0
+        if not spacing > 0:
+            return len(self.loss)
+        return int((self.steps[-1] - self.steps[0]) / spacing) + 1
 
     def _clearly_above(self, ref: np.ndarray | float, rel: float) -> np.ndarray:
         """Where the smoothed loss exceeds ``ref`` by more than the factor (or, for a loss
@@ -137,10 +149,19 @@ class LossTrack:
 
     @cached_property
     def best_so_far(self) -> np.ndarray:
-        """Running minimum of the smoothed loss (from the first full window on)."""
+        """The best level so far: the lowest level the smoothed loss has *held* for a whole
+        window (running minimum of its trailing maximum over ``window`` points), from the first
+        full window on. A stretch of easy mini-batches shorter than a window (six in a row took
+        a character LSTM's median from 2.2 to 1.18 for four points) is not a level the loss
+        reached, so the loss coming back from it is no rise."""
+        w = self.window
         s = self.smooth.copy()
-        s[: self.window - 1] = np.inf
-        return np.minimum.accumulate(s)
+        s[: w - 1] = np.nan  # not full windows yet
+        windows = _trailing(s, w)
+        seen = ~np.isnan(windows).all(axis=1)
+        held = np.full(len(s), np.inf)
+        held[seen] = np.nanmax(windows[seen], axis=1)  # since the first full window
+        return np.minimum.accumulate(held)
 
     @cached_property
     def above_start(self) -> np.ndarray:

@@ -11,6 +11,9 @@ median against the first recorded losses and the loss's own noise). Severity:
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 
 from gradguard.diagnosis._stats import spikes
@@ -19,7 +22,7 @@ from gradguard.diagnosis.rules._loss import LossTrack, finite_loss, loss_track
 from gradguard.diagnosis.view import RunView
 from gradguard.format import number
 
-__all__ = ["KIND", "check"]
+__all__ = ["KIND", "Oscillation", "check", "oscillation"]
 
 KIND = "divergence"
 
@@ -31,6 +34,28 @@ def _episode(track: LossTrack, mask: np.ndarray) -> tuple[int, int] | None:
         return None
     worst = first + int(np.argmax(track.smooth[first:]))
     return first, worst
+
+
+class Oscillation(NamedTuple):
+    """How a run of loss values zig-zags: ``alternation`` is the fraction of interior points
+    that are turning points (a step up then down, or down then up), ``amplitude`` the median
+    step over the median level, ``z`` the turning-point count in standard deviations above
+    what independent noise gives (turning-point test: mean 2(n-2)/3, variance (16n-29)/90 for
+    n points)."""
+
+    alternation: float
+    amplitude: float
+    z: float
+
+
+def oscillation(tail: np.ndarray) -> Oscillation:
+    """The :class:`Oscillation` of ``tail`` (>= 4 loss values, in step order)."""
+    n = len(tail)
+    d = np.diff(tail)
+    turns = int(np.sum(np.sign(d[1:]) * np.sign(d[:-1]) < 0))
+    amplitude = float(np.median(np.abs(d)) / max(float(np.median(np.abs(tail))), 1e-12))
+    z = (turns - 2.0 * (n - 2) / 3.0) / math.sqrt((16.0 * n - 29.0) / 90.0)
+    return Oscillation(turns / (n - 2), amplitude, z)
 
 
 def check(view: RunView) -> list[Finding]:
@@ -116,17 +141,20 @@ def check(view: RunView) -> list[Finding]:
             f"({number(float(loss[hits[0]]))})"
         )
     tail = loss[-max(cfg.min_loss_points, len(loss) // 4) :]
-    d = np.diff(tail)
-    if track is not None and len(d) >= 3:
-        alternation = float(np.mean(np.sign(d[1:]) * np.sign(d[:-1]) < 0))
-        amplitude = float(np.median(np.abs(d)) / max(float(np.median(np.abs(tail))), 1e-12))
-        if alternation >= cfg.oscillation_alternation and amplitude >= cfg.oscillation_amplitude:
-            raise_to(Severity.WARNING)
-            parts.append(
-                f"the loss oscillates over its last {len(tail)} points: "
-                f"{number(100 * alternation)}% of steps reverse direction, "
-                f"by {number(100 * amplitude)}% of its level"
-            )
+    osc = oscillation(tail) if track is not None and len(tail) >= 4 else None
+    if (
+        osc is not None
+        and osc.alternation >= cfg.oscillation_alternation
+        and osc.amplitude >= cfg.oscillation_amplitude
+        and osc.z >= cfg.oscillation_z
+    ):
+        raise_to(Severity.WARNING)
+        parts.append(
+            f"the loss oscillates over its last {len(tail)} points: "
+            f"{number(100 * osc.alternation)}% of steps reverse direction "
+            f"({number(osc.z)} standard deviations above mini-batch noise), "
+            f"by {number(100 * osc.amplitude)}% of its level"
+        )
     if severity is None:
         return []
     onset = [int(steps[e[0]]) for e in (above, rise) if e is not None]
