@@ -361,7 +361,9 @@ def test_divergence_rising_loss() -> None:
     loss = np.r_[np.linspace(2.0, 0.5, 60), np.linspace(0.5, 1.5, 40)]
     f = one(diagnose(make_run(scalars={LOSS: loss})), "divergence")
     assert f.severity is Severity.WARNING
-    assert f.data["loss_best"] == pytest.approx(0.5, rel=0.15)  # the 9-point median of a V's tip
+    # the best level held for a window (9 points of the 9-point median) around the V's tip:
+    # 0.025 a step on either side puts it ~0.1 above the tip
+    assert 0.5 <= f.data["loss_best"] <= 0.65
     assert not f.data["ended_above_start"]
     assert f.remedies[0].name == "a lower learning rate"
     # ends at 3.0, above where it started: worse than at initialisation, critical
@@ -499,9 +501,10 @@ def _loss_run(loss: np.ndarray, **scalars: np.ndarray) -> Run:
 
 def test_loss_thresholds_come_from_the_config() -> None:
     rng = np.random.default_rng(0)
-    # a loss that falls 100x, then climbs back 4x from its best: the rise is 3% of the initial
-    # loss, below rise_min_fraction (10%) by default
-    loss = np.r_[np.geomspace(1.0, 0.01, 60), np.full(20, 0.04)] * np.exp(
+    # a loss that falls 100x, then climbs back to 0.06: ~3x the best level it held for a window
+    # (on the way down, between the tip 0.01 and 0.03), a rise of ~4% of the descent, below
+    # rise_min_fraction (40%) by default
+    loss = np.r_[np.geomspace(1.0, 0.01, 60), np.full(20, 0.06)] * np.exp(
         0.01 * rng.standard_normal(80)
     )
     assert not by_kind(diagnose(_loss_run(loss)), "divergence")
@@ -509,6 +512,7 @@ def test_loss_thresholds_come_from_the_config() -> None:
         diagnose(_loss_run(loss), config=DiagnosisConfig(rise_min_fraction=0.01)), "divergence"
     )
     assert f.severity is Severity.WARNING and "rose from its best" in f.evidence
+    assert 0.01 < f.data["loss_best"] < 0.03
     crit = DiagnosisConfig(rise_min_fraction=0.01, divergence_critical=2.5)
     assert one(diagnose(_loss_run(loss), config=crit), "divergence").severity is Severity.CRITICAL
     # a 2.5x loss jump: below loss_spike_ratio (3) by default
