@@ -99,9 +99,11 @@ def check_depth(view: RunView) -> list[Finding]:
     # A loss that starts far above its later level is evidence only of an explosion present
     # at initialisation (the forward signal blew up, so did the logits): a net that grew a mild
     # depth gain while it learned starts high because it had not learned yet.
-    at_start = [start.gain if start is not None and start.ok else math.nan]
-    at_start.append(_forward_ratio(fwd_fits[0]))
-    at_init = max((r for r in at_start if math.isfinite(r)), default=math.nan) >= cfg.depth_info
+    at_start = (
+        start.gain if start is not None and start.ok else math.nan,
+        _forward_ratio(fwd_fits[0]),
+    )
+    at_init = any(r >= cfg.depth_info for r in at_start)  # NaN: no fit, never >=
     lr = _loss_start_ratio(view) if at_init else math.nan
     if math.isfinite(lr) and lr >= cfg.loss_start_note:
         parts.append(f"the loss starts {number(lr)}x above its later level")
